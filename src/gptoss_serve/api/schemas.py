@@ -203,7 +203,6 @@ class TokenizeRequest(_Strict):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_generation_prompt: bool = True
     reasoning_effort: Literal["low", "medium", "high"] = "medium"
     tools: list[ToolDef] | None = None
     return_token_strs: bool = False

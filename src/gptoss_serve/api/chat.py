@@ -1,0 +1,205 @@
+"""POST /v1/chat/completions: validate -> render (harmony) -> generate -> map -> respond.
+
+Owns the chat request's way through the server and the OpenAI response and chunk shapes. The
+per-choice mapping (reasoning, content, tool calls, stop strings) is `api/choice.py`; framing is
+`api/sse.py`. Knows nothing of torch, blocks or kernels: the engine is reached through
+`ApiContext.generate`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gptoss_serve.api.choice import ChoiceState
+from gptoss_serve.api.context import ApiContext, new_id, sampling_params
+from gptoss_serve.api.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    NamedToolChoice,
+    parse_body,
+)
+from gptoss_serve.api.sse import sse_response
+from gptoss_serve.api.streaming import prime, unless_disconnected
+from gptoss_serve.engine.request import EngineRequest, StepOutput
+from gptoss_serve.errors import InvalidRequestError
+from gptoss_serve.harmony.render import RenderedPrompt, RenderOptions, render_chat
+
+
+def check_supported(req: ChatCompletionRequest) -> None:
+    """Options that need constrained decoding are refused clearly until it exists."""
+    choice = req.tool_choice
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        raise InvalidRequestError(
+            "tool_choice 'required' and named functions need constrained decoding, which this "
+            "server does not support yet; use 'auto' or 'none'.",
+            param="tool_choice",
+        )
+    if req.response_format is not None and req.response_format.type != "text":
+        raise InvalidRequestError(
+            f"response_format '{req.response_format.type}' needs constrained decoding, which "
+            "this server does not support yet; only 'text' is accepted.",
+            param="response_format",
+        )
+
+
+def offered_tools(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The function tools the model is told about (none when tool_choice is 'none')."""
+    if req.tool_choice == "none" or not req.tools:
+        return []
+    return [t.model_dump(exclude_none=True) for t in req.tools]
+
+
+def render_messages(
+    ctx: ApiContext, messages: list[ChatMessage], effort: str, tools: list[dict[str, Any]]
+) -> RenderedPrompt:
+    """The harmony prompt of a conversation (chat completions and /tokenize)."""
+    options = RenderOptions(
+        reasoning_effort=effort, current_date=ctx.current_date(), tools=tools or None
+    )
+    return render_chat([m.model_dump(exclude_none=True) for m in messages], options)
+
+
+async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
+    req = parse_body(ChatCompletionRequest, await request.body())
+    ctx.check_model(req.model)
+    check_supported(req)
+    prompt = render_messages(ctx, req.messages, req.reasoning_effort, offered_tools(req))
+    n_prompt = len(prompt.token_ids)
+    max_tokens = ctx.max_tokens_for(
+        n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens
+    )
+    params = sampling_params(
+        req,
+        max_tokens=max_tokens,
+        stop_token_ids=tuple(prompt.stop_token_ids),
+        logprobs=req.engine_logprobs(),
+        vocab_size=ctx.tokenizer.vocab_size,
+    )
+    ctx.check_capacity()
+    engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
+    run = ChatRun(ctx, req, engine_req)
+    outputs = await prime(ctx.generate(engine_req))
+    if req.stream:
+        abort = ctx.engine.abort
+        return sse_response(run.chunks(outputs), on_close=lambda: abort(engine_req.request_id))
+    body = await unless_disconnected(request, run.collect(outputs))
+    return JSONResponse(body) if body is not None else Response(status_code=499)
+
+
+class ChatRun:
+    """One chat request in flight: its choices and the response or chunk shapes."""
+
+    def __init__(self, ctx: ApiContext, req: ChatCompletionRequest, engine_req: EngineRequest):
+        self.id = engine_req.request_id
+        self.created = int(time.time())
+        self.model = req.model
+        self.req = req
+        self.num_prompt_tokens = len(engine_req.prompt_token_ids)
+        self.num_cached_tokens = 0
+        names = [t["function"]["name"] for t in offered_tools(req)]
+        self.choices = [
+            ChoiceState(
+                i,
+                ctx.tokenizer,
+                declared_tools=names,
+                stops=req.stop_strings(),
+                reasoning_alias=ctx.config.reasoning_content_alias,
+                want_logprobs=req.logprobs,
+            )
+            for i in range(req.n)
+        ]
+
+    async def _steps(
+        self, outputs: AsyncGenerator[StepOutput, None]
+    ) -> AsyncIterator[tuple[ChoiceState, list[dict[str, Any]]]]:
+        """(choice, its new deltas) per engine output until every choice is done."""
+        try:
+            async for out in outputs:
+                self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+                state = self.choices[out.index]
+                if not state.done:
+                    yield state, state.consume(out)
+                if all(c.done for c in self.choices):
+                    break
+        finally:
+            await outputs.aclose()  # aborts the engine request if choices ended early
+        for state in self.choices:  # the engine ended without a finish (should not happen)
+            if not state.done:
+                yield state, state.finish(None)
+
+    # ---- non-streaming -----------------------------------------------------------------------
+    async def collect(self, outputs: AsyncGenerator[StepOutput, None]) -> dict[str, Any]:
+        async for _ in self._steps(outputs):
+            pass
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [self._choice(c) for c in self.choices],
+            "usage": self.usage(),
+        }
+
+    def _choice(self, c: ChoiceState) -> dict[str, Any]:
+        logprobs = {"content": c.logprobs} if self.req.logprobs else None
+        return {
+            "index": c.index,
+            "message": c.message(),
+            "logprobs": logprobs,
+            "finish_reason": c.finish_reason,
+        }
+
+    def usage(self) -> dict[str, Any]:
+        completion = sum(c.completion_tokens for c in self.choices)
+        return {
+            "prompt_tokens": self.num_prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.num_prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens},
+            "completion_tokens_details": {
+                "reasoning_tokens": sum(c.reasoning_tokens for c in self.choices)
+            },
+        }
+
+    # ---- streaming ---------------------------------------------------------------------------
+    async def chunks(self, outputs: AsyncGenerator[StepOutput, None]) -> AsyncIterator[dict]:
+        for c in self.choices:
+            yield self._chunk(c.index, {"role": "assistant", "content": ""})
+        async for state, deltas in self._steps(outputs):
+            for delta in deltas:
+                yield self._chunk(state.index, delta, state.take_logprobs())
+            if state.done:
+                yield self._chunk(state.index, {}, state.take_logprobs(), state.finish_reason)
+        if self.req.include_usage():
+            yield {**self._envelope(), "choices": [], "usage": self.usage()}
+
+    def _envelope(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        logprobs: list[dict[str, Any]] | None = None,
+        finish_reason: str | None = None,
+    ) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": {"content": logprobs} if logprobs is not None else None,
+            "finish_reason": finish_reason,
+        }
+        chunk = {**self._envelope(), "choices": [choice]}
+        if self.req.include_usage():
+            chunk["usage"] = None
+        return chunk

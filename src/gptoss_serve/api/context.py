@@ -1,0 +1,153 @@
+"""What every handler shares: the engine, server config, tokenizer, metrics, and request checks.
+
+Owns the checks that are the same for chat and completions (served model name, queue limit,
+context length, sampling parameters) and the generation driver that records metrics and aborts
+the engine request however the handler stops listening. Knows nothing of harmony mapping,
+response shapes or HTTP routing; sees the engine only through `generate`, `abort` and `stats`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gptoss_serve.api.metrics import ServerMetrics
+from gptoss_serve.api.schemas import ChatCompletionRequest, CompletionRequest
+from gptoss_serve.config import ServerConfig
+from gptoss_serve.engine.request import EngineRequest, SamplingParams, StepOutput
+from gptoss_serve.engine.stats import EngineStats
+from gptoss_serve.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+)
+
+
+class Engine(Protocol):
+    """The part of `AsyncEngine` the API uses (FakeEngine implements the same)."""
+
+    max_model_len: int
+    model_config: Any
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]: ...
+    def abort(self, request_id: str) -> None: ...
+    def stats(self) -> EngineStats: ...
+    @property
+    def is_dead(self) -> bool: ...
+
+
+@dataclass
+class ApiContext:
+    engine: Engine
+    config: ServerConfig
+    tokenizer: Any  # harmony.tokenizer.HarmonyTokenizer
+    metrics: ServerMetrics
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_names[0]
+
+    # ---- checks ------------------------------------------------------------------------------
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.config.served_model_names:
+            served = ", ".join(self.config.served_model_names)
+            raise ModelNotFoundError(
+                f"The model `{name}` does not exist; this server serves: {served}", param="model"
+            )
+
+    def check_capacity(self) -> None:
+        waiting = self.engine.stats().num_waiting_requests
+        if waiting >= self.config.max_queue:
+            raise OverloadedError(
+                f"The server is saturated ({waiting} requests waiting, limit "
+                f"{self.config.max_queue}); retry later."
+            )
+
+    def max_tokens_for(self, prompt_len: int, requested: int | None, default: int) -> int:
+        """The generation cap: the request's own (checked against the context) or the default
+        trimmed to the room left. Never truncates the prompt: too long is a 400 with the numbers.
+        """
+        limit = self.engine.max_model_len
+        want = requested if requested is not None else default
+        if prompt_len + want <= limit:
+            return want
+        if requested is None and prompt_len < limit:
+            return limit - prompt_len
+        raise ContextLengthError(
+            f"This model's maximum context length is {limit} tokens; the prompt has "
+            f"{prompt_len} tokens and max_tokens is {want} ({prompt_len + want} in total).",
+            prompt_tokens=prompt_len,
+            limit=limit,
+            param="max_tokens" if requested is not None else "messages",
+        )
+
+    def current_date(self) -> str | None:
+        date = self.config.current_date
+        if date == "today":
+            return dt.datetime.now(dt.UTC).date().isoformat()
+        return date
+
+    # ---- generation --------------------------------------------------------------------------
+    async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
+        """engine.generate with metrics; the engine request is aborted if iteration stops early."""
+        timer = self.metrics.timer(len(request.prompt_token_ids))
+        remaining = set(range(request.sampling_params.n))
+        reason = "abort"
+        try:
+            async for out in self.engine.generate(request):
+                timer.tokens(len(out.new_token_ids))
+                if out.finished:
+                    remaining.discard(out.index)
+                    reason = out.finish_reason or reason
+                yield out
+        finally:
+            if remaining:
+                self.engine.abort(request.request_id)
+            timer.done(reason if not remaining else "abort")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def sampling_params(
+    req: ChatCompletionRequest | CompletionRequest,
+    *,
+    max_tokens: int,
+    stop_token_ids: tuple[int, ...],
+    logprobs: int | None,
+    vocab_size: int,
+) -> SamplingParams:
+    """SamplingParams from the fields chat and completions share (bounds already validated)."""
+    if req.min_tokens > max_tokens:
+        raise InvalidRequestError(
+            f"min_tokens ({req.min_tokens}) must not exceed max_tokens ({max_tokens})",
+            param="min_tokens",
+        )
+    bias = req.bias_pairs()
+    for token_id, _ in bias:
+        if token_id >= vocab_size:
+            raise InvalidRequestError(
+                f"logit_bias token id {token_id} is outside the vocabulary (size {vocab_size})",
+                param="logit_bias",
+            )
+    return SamplingParams(
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty,
+        logit_bias=bias,
+        seed=req.seed,
+        max_tokens=max_tokens,
+        min_tokens=req.min_tokens,
+        stop_token_ids=stop_token_ids,
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+        n=req.n,
+    )
