@@ -1,0 +1,163 @@
+"""The gpt-oss transformer: the forward pass of gpt-oss-facts.md §2 over a paged KV cache.
+
+Owns the module tree, whose tensor names are those of the checkpoint's `original/` layout
+(`embedding.weight`, `block.N.attn.qkv.weight`, `block.N.mlp.mlp1_weight.blocks`, ...), and the
+order of operations of one step. Attention and MoE math are delegated to a `KernelSet`; the model
+knows nothing of checkpoint files, scheduling or sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gptoss_serve.config import ModelConfig
+from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
+from gptoss_serve.kernels.moe import ExpertWeights
+from gptoss_serve.kernels.select import KernelSet, reference_kernels
+from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
+from gptoss_serve.model.rope import Rotary, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale with float32 statistics; the scale is kept in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.scale).to(x.dtype)
+
+
+class ExpertTensor(nn.Module):
+    """One projection of all experts: packed MXFP4 (`blocks`, `scales`) or dense (`weight`)."""
+
+    def __init__(self, experts: int, rows: int, cols: int, mxfp4: bool,
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.blocks: torch.Tensor | None
+        self.scales: torch.Tensor | None
+        self.weight: torch.Tensor | None
+        if mxfp4:
+            groups = cols // BLOCK
+            self.register_buffer("blocks", torch.zeros(experts, rows, groups, BYTES_PER_BLOCK,
+                                                       dtype=torch.uint8))
+            self.register_buffer("scales", torch.zeros(experts, rows, groups, dtype=torch.uint8))
+            self.weight = None
+        else:
+            self.register_buffer("weight", torch.zeros(experts, rows, cols, dtype=dtype))
+            self.blocks = self.scales = None
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm attention: fused qkv with bias, YaRN RoPE, GQA, sinks, optional window."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        c = config
+        self.head_dim, self.n_q = c.head_dim, c.num_attention_heads
+        self.n_kv = c.num_key_value_heads
+        self.sliding = c.is_sliding(layer)
+        self.window = c.sliding_window if self.sliding else 0
+        self.sm_scale = c.head_dim ** -0.5
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.qkv = nn.Linear(c.hidden_size, (self.n_q + 2 * self.n_kv) * c.head_dim)
+        self.sinks = nn.Parameter(torch.zeros(self.n_q, dtype=torch.float32))
+        self.out = nn.Linear(self.n_q * c.head_dim, c.hidden_size)
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+                batch: ForwardBatch, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                kernels: KernelSet) -> torch.Tensor:
+        t, d = x.shape[0], self.head_dim
+        qkv = self.qkv(self.norm(x))
+        q, k, v = qkv.split([self.n_q * d, self.n_kv * d, self.n_kv * d], dim=-1)
+        q = apply_rotary(q.view(t, self.n_q, d), *cos_sin)
+        k = apply_rotary(k.view(t, self.n_kv, d), *cos_sin)
+        pool = batch.pool(self.sliding)
+        o = kernels.attention(q, k, v.view(t, self.n_kv, d), k_cache, v_cache,
+                              pool.slot_mapping, pool.block_tables, batch.query_start_loc,
+                              batch.seq_lens, self.sinks, self.sm_scale, self.window)
+        return x + self.out(o.reshape(t, self.n_q * d))
+
+
+class MoEBlock(nn.Module):
+    """Pre-norm mixture of experts: router with bias, top-k, clamped SwiGLU experts."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        c = config
+        e, h, i = c.num_experts, c.hidden_size, c.intermediate_size
+        self.top_k, self.limit, self.alpha = c.experts_per_token, c.swiglu_limit, c.swiglu_alpha
+        self.norm = RMSNorm(h, c.rms_norm_eps)
+        self.gate = nn.Linear(h, e)
+        self.mlp1_weight = ExpertTensor(e, 2 * i, h, c.experts_mxfp4, dtype)
+        self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
+        self.mlp2_weight = ExpertTensor(e, h, i, c.experts_mxfp4, dtype)
+        self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
+
+    def experts(self) -> ExpertWeights:
+        w1, w2 = self.mlp1_weight, self.mlp2_weight
+        return ExpertWeights(w1_bias=self.mlp1_bias, w2_bias=self.mlp2_bias,
+                             w1_blocks=w1.blocks, w1_scales=w1.scales, w2_blocks=w2.blocks,
+                             w2_scales=w2.scales, w1=w1.weight, w2=w2.weight)
+
+    def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
+        y = kernels.moe(self.norm(x), self.gate.weight, self.gate.bias, self.experts(),
+                        self.top_k, self.limit, self.alpha)
+        return x + y
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.attn = AttentionBlock(config, layer)
+        self.mlp = MoEBlock(config, dtype)
+
+
+class GptOssModel(nn.Module):
+    """gpt-oss for inference. Tensors start zeroed; `weights.load_model` fills them."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                 kernels: KernelSet | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.kernels = kernels or reference_kernels()
+        self.dtype = dtype
+        with torch.device("meta"):
+            self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.block = nn.ModuleList(TransformerBlock(config, n, dtype)
+                                       for n in range(config.num_hidden_layers))
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.unembedding = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._materialize(dtype, torch.device(device))
+        self.rotary = Rotary(config, device)
+        self.requires_grad_(False)
+
+    def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Allocate every tensor on `device`, zeroed: norms and sinks float32, MXFP4 uint8."""
+        for module in self.modules():
+            for name, t in list(module.named_parameters(recurse=False)):
+                keep32 = isinstance(module, RMSNorm) or name == "sinks"
+                new = torch.zeros(t.shape, dtype=torch.float32 if keep32 else dtype, device=device)
+                setattr(module, name, nn.Parameter(new, requires_grad=False))
+            for name, t in list(module.named_buffers(recurse=False)):
+                module.register_buffer(name, torch.zeros(t.shape, dtype=t.dtype, device=device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @torch.no_grad()
+    def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
+        """One step: new tokens of all sequences -> float32 logits of `batch.logits_indices`."""
+        x = self.embedding(batch.input_ids)
+        cos_sin = self.rotary.cos_sin(batch.positions, x.dtype)
+        for n, blk in enumerate(self.block):
+            x = blk.attn(x, cos_sin, batch, kv_cache.k[n], kv_cache.v[n], self.kernels)
+            x = blk.mlp(x, self.kernels)
+        x = self.norm(x[batch.logits_indices])
+        return self.unembedding(x).float()
