@@ -30,11 +30,65 @@ def _run_make_checkpoint(args: argparse.Namespace) -> int:
 # ---- serve (owner: api/) -------------------------------------------------------------------------
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
+    a = p.add_argument
+    a("--model", default=None, help="checkpoint folder or hub name (default: tiny random model)")
+    a("--served-model-name", default=None, help="name clients use (default: hub/folder name)")
+    a("--host", default="127.0.0.1")
+    a("--port", type=int, default=8000)
+    a("--api-key", default=None, help="require `Authorization: Bearer KEY` ($GPTOSS_API_KEY)")
+    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
+    a("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    a("--max-num-seqs", type=int, default=256, help="sequences per engine step")
+    a("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
+    a("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
+    a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
+    a("--no-reasoning-content-alias", action="store_true",
+      help="send reasoning only as `reasoning`, not also as `reasoning_content`")
+    a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
     p.set_defaults(func=_run_serve)
 
 
+def _current_date(value: str) -> str | None:
+    import datetime as dt
+
+    if value.lower() in ("none", ""):
+        return None
+    if value == "today":
+        return value
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise SystemExit(
+            f"--current-date: expected YYYY-MM-DD, today or none, got {value!r}"
+        ) from None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
-    raise SystemExit("serve: not built yet")
+    import logging
+    import os
+    from pathlib import Path
+
+    from gptoss_serve.api.server import ServeOptions, run_server
+    from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
+
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    cache_root = os.environ.get("GPTOSS_SERVE_CACHE") or Path.home() / ".cache" / "gptoss-serve"
+    tiny = Path(cache_root) / "tiny"  # the built-in random checkpoint
+    server = ServerConfig(
+        host=args.host, port=args.port,
+        api_key=args.api_key or os.environ.get("GPTOSS_API_KEY") or None,
+        current_date=_current_date(args.current_date),
+        reasoning_content_alias=not args.no_reasoning_content_alias, max_queue=args.max_queue,
+    )
+    return run_server(ServeOptions(
+        model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,
+        device=args.device, server=server, tiny_dir=tiny,
+        cache=CacheConfig(kv_cache_memory_gib=args.kv_cache_memory),
+        sched=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                              max_num_batched_tokens=args.max_num_batched_tokens),
+    ))
 
 
 # ---- bench (owner: bench/) -----------------------------------------------------------------------

@@ -83,11 +83,16 @@ class ChoiceState:
         return _merge(deltas)
 
     def finish(self, engine_reason: str | None) -> list[dict[str, Any]]:
-        """The sequence ended: release held-back text and fix the finish reason."""
+        """The sequence ended: surface what the parser still holds, release held-back text and
+        fix the finish reason."""
+        deltas = [d for piece in self._mapper.flush() for d in self._apply(piece)]
+        if self.done:  # a stop string in the flushed tail
+            return _merge(deltas)
         tail = self._stops.flush()
-        reason = self._mapper.finish(engine_reason)
-        self.finish_reason = "stop" if self._stops.matched is not None else reason
-        return [self._content_delta(tail)] if tail else []
+        if tail:
+            deltas.append(self._content_delta(tail))
+        self.finish_reason = self._mapper.finish(engine_reason)
+        return _merge(deltas)
 
     def take_logprobs(self) -> list[dict[str, Any]] | None:
         """Logprob entries not yet sent (streaming attaches them to the next chunk)."""

@@ -1,0 +1,119 @@
+"""`gptoss-serve serve`: choose the checkpoint, start the engine, log what was loaded, run uvicorn.
+
+Owns start-up and shut-down of the HTTP server: the built-in tiny random checkpoint when no
+model is given, the default served name, the start-up summary (model, dtype, device, kernels,
+KV budget) and a graceful stop on SIGINT/SIGTERM that exits 0. Reads no argv or environment
+(cli.py passes everything in `ServeOptions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
+
+log = logging.getLogger("gptoss_serve.serve")
+GRACE_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model: str | None  # folder or hub name; None: the tiny random checkpoint
+    served_model_name: str | None
+    dtype: str
+    device: str
+    server: ServerConfig
+    cache: CacheConfig
+    sched: SchedulerConfig
+    tiny_dir: Path  # where the tiny checkpoint is built on first use
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """The tiny random checkpoint, written once (atomically) into `folder`."""
+    if (folder / "config.json").exists():
+        return folder
+    from gptoss_serve.model.synthetic import write_checkpoint
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    write_checkpoint(tmp, preset="tiny", seed=0)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def served_name(model: str, explicit: str | None) -> str:
+    """--served-model-name, else the hub name as given, else the folder's name."""
+    if explicit:
+        return explicit
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else model
+
+
+def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
+    """Start-up lines: what was loaded, where, which kernels, and the KV budget."""
+    runner = getattr(engine.engine, "runner", None)
+    plan = getattr(runner, "plan", None)
+    lines = [f"model: {model}" + ("  (RANDOM weights: a tiny test model, output is noise)"
+                                  if random_weights else "")]
+    if runner is not None:
+        kernels = getattr(getattr(runner, "model", None), "kernels", None)
+        lines.append(f"dtype: {getattr(runner, 'dtype', '?')}, device: {runner.device}")
+        lines.append(f"kernels: {getattr(kernels, 'description', 'reference (plain torch)')}")
+    if plan is not None:
+        block = runner.block_size
+        fit = plan.num_full_blocks * block // max(1, engine.max_model_len)
+        lines.append(
+            f"KV cache: {plan.num_full_blocks} full-attention blocks, {plan.num_sliding_blocks} "
+            f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB); "
+            f"context {engine.max_model_len} tokens: {fit} sequence(s) of full context fit"
+        )
+    return lines
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that, after its graceful stop on SIGINT/SIGTERM, returns instead of re-raising."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
+def run_server(opts: ServeOptions) -> int:
+    from gptoss_serve.api.app import create_app
+    from gptoss_serve.engine.async_engine import AsyncEngine
+    from gptoss_serve.harmony.tokenizer import get_tokenizer
+
+    random_weights = opts.model is None
+    model = str(tiny_checkpoint(opts.tiny_dir)) if random_weights else str(opts.model)
+    if random_weights:
+        log.warning("no --model given: serving a tiny RANDOM checkpoint from %s", model)
+    name = served_name(model, opts.served_model_name)
+    engine = AsyncEngine.from_config(
+        model, dtype=opts.dtype, device=opts.device, cache=opts.cache, sched=opts.sched
+    )
+    for line in describe(engine, model, random_weights):
+        log.info(line)
+    config = replace(opts.server, served_model_names=(name,))
+    app = create_app(engine, config, get_tokenizer())
+    log.info("serving %r on http://%s:%d/v1", name, config.host, config.port)
+    uv = uvicorn.Config(
+        app, host=config.host, port=config.port, log_level="info",
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+    try:
+        _Server(uv).run()
+    finally:
+        asyncio.run(engine.shutdown())
+    log.info("stopped")
+    return 0
