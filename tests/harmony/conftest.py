@@ -44,3 +44,20 @@ def oracle(vocab_dir: str):
     from openai_harmony import HarmonyEncodingName, load_harmony_encoding
 
     return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+@pytest.fixture(scope="session")
+def ids(tok):
+    """Token ids of a harmony string: `<|name|>` pieces become special ids, the rest text."""
+    import re
+
+    def to_ids(text: str) -> list[int]:
+        out: list[int] = []
+        for piece in re.split(r"(<\|[a-z_0-9]+\|>)", text):
+            if piece.startswith("<|"):
+                out.append(tok.encode_special(piece))
+            elif piece:
+                out += tok.encode(piece)
+        return out
+
+    return to_ids
