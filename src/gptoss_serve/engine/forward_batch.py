@@ -65,7 +65,8 @@ class ForwardBatch:
         return max(self.seq_lens_cpu, default=0)
 
     @staticmethod
-    def build(seqs: Sequence[SeqSlice], block_size: int, device: torch.device | str) -> ForwardBatch:
+    def build(seqs: Sequence[SeqSlice], block_size: int,
+              device: torch.device | str) -> ForwardBatch:
         """Build the batch on the host, then copy it to `device` in one go per tensor."""
         ids: list[int] = []
         pos: list[int] = []
@@ -142,4 +143,5 @@ class KVCache:
     def bytes_per_block(block_size: int, num_kv_heads: int, head_dim: int,
                         dtype: torch.dtype) -> int:
         """Bytes of K plus V of one block in one layer."""
-        return 2 * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * block_size * num_kv_heads * head_dim * itemsize

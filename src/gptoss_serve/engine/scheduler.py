@@ -69,19 +69,25 @@ class Scheduler:
     # ---- requests ------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
         """Queue a request's n sequences; refuse one that can never fit (typed errors)."""
+        self.validate(request)
+        if request.request_id in self.groups:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in use")
+        self.groups[request.request_id] = [self._new_seq(self._group(request), i)
+                                           for i in range(request.sampling_params.n)]
+        self.waiting.extend(self.groups[request.request_id])
+
+    def validate(self, request: EngineRequest) -> None:
+        """Raise a typed error for a request that can never run (empty, or longer than fits)."""
         num_prompt = len(request.prompt_token_ids)
         if num_prompt == 0:
             raise InvalidRequestError("the prompt is empty", param="prompt")
-        if request.request_id in self.groups:
-            raise InvalidRequestError(f"request id {request.request_id!r} is already in use")
+        if request.sampling_params.n < 1:
+            raise InvalidRequestError("n must be at least 1", param="n")
         if num_prompt >= self.max_model_len:
             raise ContextLengthError(
                 f"the prompt has {num_prompt} tokens; this engine fits at most "
                 f"{self.max_model_len} tokens (prompt plus at least one generated token)",
                 prompt_tokens=num_prompt, limit=self.max_model_len)
-        self.groups[request.request_id] = [self._new_seq(self._group(request), i)
-                                           for i in range(request.sampling_params.n)]
-        self.waiting.extend(self.groups[request.request_id])
 
     def _group(self, request: EngineRequest) -> RequestGroup:
         params = request.sampling_params

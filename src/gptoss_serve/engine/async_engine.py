@@ -1,0 +1,164 @@
+"""AsyncEngine: the step loop in a background thread, per-request asyncio queues, cancellation and
+engine-death handling.
+
+The loop thread sleeps on a condition while there is no work; `generate` validates a request at
+once (typed errors), hands it to the thread through an inbox and receives StepOutputs through an
+asyncio queue fed with `call_soon_threadsafe`. A consumer that stops iterating aborts its request.
+If the loop dies, every pending request gets EngineDeadError and `is_dead` turns true.
+
+Owns threads and queues; knows nothing of HTTP, harmony or the model's maths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
+from gptoss_serve.engine.engine import LLMEngine
+from gptoss_serve.engine.request import EngineRequest, StepOutput
+from gptoss_serve.engine.stats import EngineStats
+from gptoss_serve.errors import EngineDeadError, GptOssServeError, InvalidRequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    """The receiving end of one request."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self.max_model_len: int = engine.max_model_len
+        self.model_config: ModelConfig = engine.model_config
+        self._cv = threading.Condition()
+        self._streams: dict[str, _Stream] = {}
+        self._inbox: list[EngineRequest] = []
+        self._aborts: set[str] = set()
+        self._stopping = False
+        self._dead: BaseException | None = None
+        self._stats = engine.stats()
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, model: str | Path, *, dtype: str = "auto", device: str = "auto",
+                    cache: CacheConfig, sched: SchedulerConfig) -> AsyncEngine:
+        """Load weights, size the KV cache and start the loop thread."""
+        return cls(LLMEngine.from_config(model, dtype=dtype, device=device, cache=cache,
+                                         sched=sched))
+
+    # ---- API side ------------------------------------------------------------------------------
+    @property
+    def is_dead(self) -> bool:
+        return self._dead is not None
+
+    def stats(self) -> EngineStats:
+        """Snapshot taken by the loop thread after its last step."""
+        return self._stats
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
+        """Yield the StepOutputs of all n sequences until each has finished."""
+        self.engine.validate(request)
+        stream = self._register(request)
+        remaining = request.sampling_params.n
+        try:
+            while remaining:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                remaining -= item.finished
+                yield item
+        finally:
+            with self._cv:
+                self._streams.pop(request.request_id, None)
+                if remaining:
+                    self._aborts.add(request.request_id)
+                    self._cv.notify()
+
+    def _register(self, request: EngineRequest) -> _Stream:
+        with self._cv:
+            if self._dead is not None or self._stopping:
+                raise EngineDeadError("the engine is not running")
+            if request.request_id in self._streams:
+                raise InvalidRequestError(f"request id {request.request_id!r} is already in use")
+            stream = _Stream(asyncio.get_running_loop())
+            self._streams[request.request_id] = stream
+            self._inbox.append(request)
+            self._cv.notify()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Thread-safe and idempotent; the blocks are freed by the next step."""
+        with self._cv:
+            self._aborts.add(request_id)
+            self._cv.notify()
+
+    async def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        await asyncio.to_thread(self._thread.join)
+
+    # ---- loop thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self._wait_for_work():
+                self._take_inbox()
+                outputs = self.engine.step() if self.engine.has_unfinished() else []
+                self._stats = self.engine.stats()
+                self._dispatch(outputs)
+        except BaseException as exc:  # the loop must never die silently: fail every request
+            log.exception("engine loop died")
+            self._fail_all(exc)
+            return
+        self._fail_all(None)
+
+    def _wait_for_work(self) -> bool:
+        with self._cv:
+            while not (self._stopping or self._inbox or self._aborts
+                       or self.engine.has_unfinished()):
+                self._cv.wait()
+            return not self._stopping
+
+    def _take_inbox(self) -> None:
+        with self._cv:
+            inbox, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, set()
+        for request in inbox:
+            try:
+                self.engine.add_request(request)
+            except GptOssServeError as exc:
+                self._send(request.request_id, exc)
+        for request_id in aborts:
+            self.engine.abort(request_id)
+
+    def _dispatch(self, outputs: list[StepOutput]) -> None:
+        for out in outputs:
+            self._send(out.request_id, out)
+
+    def _send(self, request_id: str, item: StepOutput | BaseException) -> None:
+        with self._cv:
+            stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _fail_all(self, exc: BaseException | None) -> None:
+        with self._cv:
+            self._dead = exc or EngineDeadError("the engine was shut down")
+            streams, self._streams = list(self._streams.values()), {}
+        reason = f"the engine loop stopped: {exc!r}" if exc else "the engine was shut down"
+        for stream in streams:
+            # RuntimeError: that event loop is already closed, so nobody is waiting
+            with contextlib.suppress(RuntimeError):
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, EngineDeadError(reason))

@@ -1,0 +1,177 @@
+"""The sampler: one batched pass from logits to sampled tokens, each row with its own parameters.
+
+Order per row: logit_bias, stop ids masked while `min_tokens` is not reached, OpenAI penalties over
+the generated tokens (logit -= frequency * count + presence * [count > 0]); then temperature 0 is
+argmax, otherwise logits / temperature, top-k, top-p (on the top-k renormalised distribution),
+min-p (relative to the most likely token), and the Gumbel-max trick. The Gumbel noise comes from a
+counter-based hash of (seed, sibling index, token index, vocabulary id), so a request with a seed
+draws the same tokens whatever else is in the batch, and a recomputed (preempted) sequence
+resamples exactly what it sampled before. Logprobs are those of the model's raw distribution
+(log_softmax of the logits, before any processing). The whole step syncs with the host once.
+
+Owns the maths of sampling; knows nothing of sequences, blocks or the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gptoss_serve.engine.request import SamplingParams, TokenLogprob
+from gptoss_serve.engine.sequence import SampledToken
+
+MAX_TOP_LOGPROBS = 20
+_M32 = 0xFFFFFFFF
+_M64 = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass
+class SamplingRow:
+    """Host-side inputs of one row of the logits."""
+
+    params: SamplingParams
+    key: int  # 32-bit noise key, see noise_key()
+    output_token_ids: list[int] = field(default_factory=list)  # for penalties
+    banned_ids: tuple[int, ...] = ()  # stop ids masked because min_tokens is not reached
+
+
+def noise_key(seed: int, index: int, token_index: int) -> int:
+    """32-bit key of one sampling event (splitmix64 of the three numbers)."""
+    x = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + token_index) & _M64
+    for _ in range(2):
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _M64
+        x ^= x >> 31
+    return x & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Integer finaliser on int64 tensors holding 32-bit values (no overflow: factors < 2**31)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _M32
+    return x ^ (x >> 16)
+
+
+class Sampler:
+    def __init__(self) -> None:
+        self._vocab_hash: dict[tuple[int, str], torch.Tensor] = {}
+
+    def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampledToken]:
+        """logits: float32 [len(rows), V]. Returns one SampledToken per row."""
+        if not rows:
+            return []
+        processed = self._process(logits, rows)
+        chosen = self._choose(processed, rows)
+        return self._collect(logits, chosen, rows)
+
+    # ---- logits processing ---------------------------------------------------------------------
+    def _process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        vocab = logits.shape[1]
+        adds = [(i, t, b) for i, r in enumerate(rows) for t, b in r.params.logit_bias
+                if 0 <= t < vocab]
+        bans = [(i, t) for i, r in enumerate(rows) for t in r.banned_ids if 0 <= t < vocab]
+        pen = [i for i, r in enumerate(rows)
+               if r.params.frequency_penalty or r.params.presence_penalty]
+        if not (adds or bans or pen):
+            return logits
+        out = logits.clone()
+        if adds:
+            i, t, b = zip(*adds, strict=True)
+            out.index_put_(self._idx(out, i, t), self._f32(out, b), accumulate=True)
+        if bans:
+            i, t = zip(*bans, strict=True)
+            out.index_put_(self._idx(out, i, t), torch.tensor(float("-inf"), device=out.device))
+        if pen:
+            self._penalise(out, [rows[i] for i in pen], pen)
+        return out
+
+    def _penalise(self, out: torch.Tensor, rows: list[SamplingRow], which: list[int]) -> None:
+        vocab = out.shape[1]
+        width = max(1, max(len(r.output_token_ids) for r in rows))
+        ids = [r.output_token_ids + [vocab] * (width - len(r.output_token_ids)) for r in rows]
+        ids_t = torch.tensor(ids, dtype=torch.int64).to(out.device, non_blocking=True)
+        counts = torch.zeros(len(rows), vocab + 1, device=out.device)
+        counts.scatter_add_(1, ids_t, torch.ones_like(ids_t, dtype=counts.dtype))
+        counts = counts[:, :vocab]
+        freq = self._f32(out, [r.params.frequency_penalty for r in rows])[:, None]
+        pres = self._f32(out, [r.params.presence_penalty for r in rows])[:, None]
+        sel = torch.tensor(which, dtype=torch.int64).to(out.device, non_blocking=True)
+        out[sel] -= freq * counts + pres * (counts > 0).float()
+
+    # ---- choosing ------------------------------------------------------------------------------
+    def _choose(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        greedy = logits.argmax(dim=-1)
+        random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
+        if not random_rows:
+            return greedy
+        sel = torch.tensor(random_rows, dtype=torch.int64).to(logits.device, non_blocking=True)
+        sub = [rows[i] for i in random_rows]
+        temp = self._f32(logits, [r.params.temperature for r in sub])[:, None]
+        scaled = self._truncate(logits[sel] / temp, sub)
+        gumbel = -torch.log(-torch.log(self._uniform(sub, logits.shape[1], logits.device)))
+        return greedy.index_copy(0, sel, (scaled + gumbel).argmax(dim=-1))
+
+    def _truncate(self, scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """Mask (to -inf) what top-k, top-p and min-p exclude; the best token always survives."""
+        vocab = scaled.shape[1]
+        ks = [r.params.top_k if r.params.top_k > 0 else vocab for r in rows]
+        ps = [r.params.top_p for r in rows]
+        mins = [r.params.min_p for r in rows]
+        if all(k >= vocab for k in ks) and all(p >= 1 for p in ps) and not any(mins):
+            return scaled
+        srt, idx = scaled.sort(dim=-1, descending=True)
+        probs = torch.softmax(srt, dim=-1)
+        rank = torch.arange(vocab, device=scaled.device)[None, :]
+        mask = rank >= self._f32(scaled, ks)[:, None]
+        mask |= probs < self._f32(scaled, mins)[:, None] * probs[:, :1]
+        kept = torch.softmax(srt.masked_fill(mask, float("-inf")), dim=-1)
+        mask |= (kept.cumsum(dim=-1) - kept) > self._f32(scaled, ps)[:, None]
+        mask[:, 0] = False
+        return torch.empty_like(scaled).scatter_(1, idx, srt.masked_fill(mask, float("-inf")))
+
+    def _uniform(self, rows: list[SamplingRow], vocab: int, device: torch.device) -> torch.Tensor:
+        """Uniform (0, 1) noise [len(rows), vocab], a pure function of each row's key."""
+        cache_key = (vocab, str(device))
+        if cache_key not in self._vocab_hash:
+            ids = torch.arange(vocab, dtype=torch.int64, device=device)
+            self._vocab_hash[cache_key] = _mix32((ids * 0x2545F491 + 0x3C6EF372) & _M32)
+        keys = torch.tensor([r.key for r in rows], dtype=torch.int64).to(device, non_blocking=True)
+        bits = _mix32(keys[:, None] ^ self._vocab_hash[cache_key][None, :])
+        return ((bits >> 8).float() + 0.5) / float(1 << 24)
+
+    # ---- results (the one host sync) -----------------------------------------------------------
+    def _collect(self, logits: torch.Tensor, chosen: torch.Tensor,
+                 rows: list[SamplingRow]) -> list[SampledToken]:
+        want = [r.params.logprobs for r in rows if r.params.logprobs is not None]
+        if not want:
+            return [SampledToken(int(t)) for t in chosen.tolist()]
+        k = min(MAX_TOP_LOGPROBS, max(want), logits.shape[1])
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        top_v, top_i = logp.topk(k, dim=-1) if k > 0 else (logp[:, :0], chosen[:, None][:, :0])
+        picked = logp.gather(1, chosen[:, None])
+        packed = torch.cat([chosen[:, None].double(), picked.double(), top_i.double(),
+                            top_v.double()], dim=1).tolist()
+        return [self._token(row, r, k) for row, r in zip(packed, rows, strict=True)]
+
+    @staticmethod
+    def _token(packed: list[float], row: SamplingRow, k: int) -> SampledToken:
+        token = int(packed[0])
+        if row.params.logprobs is None:
+            return SampledToken(token)
+        n = min(row.params.logprobs, k)
+        top = tuple((int(packed[2 + j]), packed[2 + k + j]) for j in range(n))
+        return SampledToken(token, TokenLogprob(token, packed[1], top))
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _f32(like: torch.Tensor, values) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=torch.float32).to(like.device, non_blocking=True)
+
+    @staticmethod
+    def _idx(like: torch.Tensor, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+        def t(v):
+            return torch.tensor(list(v), dtype=torch.int64).to(like.device, non_blocking=True)
+        return t(rows), t(cols)
