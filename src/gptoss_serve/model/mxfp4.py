@@ -18,7 +18,8 @@ FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
               -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
-def fp4_table(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def fp4_table(device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.tensor(FP4_VALUES, dtype=dtype, device=device)
 
 
@@ -50,9 +51,9 @@ def dequantize(blocks: torch.Tensor, scales: torch.Tensor,
 def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense [..., K] (K a multiple of 32) -> (blocks [..., K/32, 16], scales [..., K/32]).
 
-    Each block gets the power-of-two scale that maps its largest magnitude into [4, 8) or below
-    (so that max|x| <= 6 * scale when possible), then every element rounds to the nearest
-    representable E2M1 value (ties to the even code, i.e. the smaller magnitude on ties).
+    Each block gets the smallest power-of-two scale with max|x| <= 6 * scale (E8M0 range
+    permitting), then every element rounds to the nearest E2M1 value, ties to the even code
+    (mantissa bit 0), as IEEE round-to-nearest-even does; magnitudes above 6 saturate.
     """
     if w.shape[-1] % BLOCK:
         raise ValueError(f"last dimension {w.shape[-1]} is not a multiple of {BLOCK}")
@@ -63,9 +64,16 @@ def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     e = torch.where(amax > 0, e, torch.full_like(e, -SCALE_BIAS))
     e = torch.clamp(e, -SCALE_BIAS, 255 - SCALE_BIAS - 1)
     scaled = x / torch.ldexp(torch.ones_like(e), e.to(torch.int32)).unsqueeze(-1)
-    mags = fp4_table(w.device)[:8]
-    dist = (scaled.abs().unsqueeze(-1) - mags).abs()
-    mag_code = dist.argmin(dim=-1)  # argmin returns the first (smaller) code on ties
-    sign = (scaled < 0) & (mag_code > 0)
-    codes = mag_code + 8 * sign.to(mag_code.dtype)
+    codes = _round_magnitude(scaled.abs())
+    sign = (scaled < 0) & (codes > 0)
+    codes = codes + 8 * sign.to(codes.dtype)
     return pack_codes(codes), (e + SCALE_BIAS).to(torch.uint8)
+
+
+def _round_magnitude(mag: torch.Tensor) -> torch.Tensor:
+    """Code 0..7 of the E2M1 magnitude nearest to `mag`, ties to the even code, saturating."""
+    table = fp4_table(mag.device)[:8]
+    lower = (torch.searchsorted(table, mag.contiguous(), right=True) - 1).clamp(0, 6)
+    below, above = mag - table[lower], table[lower + 1] - mag
+    up = (above < below) | ((above == below) & (lower % 2 == 1))
+    return lower + up.to(lower.dtype)
