@@ -72,7 +72,8 @@ class Scheduler:
         self.validate(request)
         if request.request_id in self.groups:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in use")
-        self.groups[request.request_id] = [self._new_seq(self._group(request), i)
+        group = self._group(request)
+        self.groups[request.request_id] = [self._new_seq(group, i)
                                            for i in range(request.sampling_params.n)]
         self.waiting.extend(self.groups[request.request_id])
 
