@@ -59,8 +59,9 @@ class KVEchoModel(torch.nn.Module):
     def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
         for layer in range(self.config.num_hidden_layers):
             pool = batch.pool(self.config.is_sliding(layer))
-            flat = kv_cache.k[layer].view(-1, kv_cache.k[layer].shape[-2], kv_cache.k[layer].shape[-1])
-            flat[pool.slot_mapping, 0, 0] = batch.input_ids.float() + layer
+            k = kv_cache.k[layer]
+            k.view(-1, k.shape[-2], k.shape[-1])[pool.slot_mapping, 0, 0] = (
+                batch.input_ids.float() + layer)
         rows = []
         ends = batch.query_start_loc.tolist()[1:]
         for b, seq_len in enumerate(batch.seq_lens_cpu):
