@@ -1,7 +1,10 @@
-"""Kernel choice: which attention and MoE implementations the model calls, picked once at start-up.
+"""Kernel choice: which attention, MoE, norm and RoPE implementations the model calls, picked
+once at start-up.
 
 Owns the `KernelSet` contract. Every implementation has the signature of its plain-torch
-reference (`kernels/attention.py: paged_attention_ref`, `kernels/moe.py: moe_ref`).
+reference (`kernels/attention.py: paged_attention_ref`, `kernels/moe.py: moe_ref`,
+`kernels/norm.py: rms_norm_ref`, `kernels/rope_kv.py: rope_kv_write_ref`). Triton modules are
+imported only inside `choose_kernels`, so importing gptoss_serve never imports triton.
 """
 
 from __future__ import annotations
@@ -9,8 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
+from gptoss_serve.errors import StartupError
 from gptoss_serve.kernels.attention import paged_attention_ref
 from gptoss_serve.kernels.moe import moe_ref
+from gptoss_serve.kernels.norm import rms_norm_ref
+from gptoss_serve.kernels.rope_kv import rope_kv_write_ref
+
+MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores, what the Triton kernels are written for
+PREFERENCES = ("auto", "triton", "reference")
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,65 @@ class KernelSet:
     attention: Callable  # same signature as paged_attention_ref
     moe: Callable  # same signature as moe_ref
     description: str  # logged at start-up: which path and why
+    rms_norm: Callable = rms_norm_ref  # same signature as rms_norm_ref
+    rope_kv_write: Callable = rope_kv_write_ref  # same signature as rope_kv_write_ref
+    is_triton: bool = False
 
 
-def reference_kernels() -> KernelSet:
-    return KernelSet(paged_attention_ref, moe_ref, "plain-torch reference attention and MoE")
+def reference_kernels(reason: str = "") -> KernelSet:
+    why = f": {reason}" if reason else ""
+    return KernelSet(paged_attention_ref, moe_ref,
+                     f"plain-torch reference attention, MoE, RMSNorm and RoPE{why}")
+
+
+def triton_kernels(why: str) -> KernelSet:
+    """The Triton set; raises ImportError when triton (or a kernel module) cannot be imported."""
+    from gptoss_serve.kernels.attention_triton import paged_attention_triton
+    from gptoss_serve.kernels.moe_triton import moe_triton
+    from gptoss_serve.kernels.norm_triton import rms_norm_triton
+    from gptoss_serve.kernels.rope_triton import rope_kv_write_triton
+
+    return KernelSet(paged_attention_triton, moe_triton,
+                     f"Triton paged attention, MXFP4 MoE, RMSNorm and RoPE+KV write{why}",
+                     rms_norm_triton, rope_kv_write_triton, is_triton=True)
+
+
+def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:
+    """Names the GPU; raises StartupError for a GPU or dtype the Triton kernels cannot serve."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name = torch.cuda.get_device_name(index)
+    cap = torch.cuda.get_device_capability(index)
+    if cap < MIN_CAPABILITY:
+        raise StartupError(
+            f"GPU {index} ({name}) has compute capability {cap[0]}.{cap[1]}; gptoss-serve needs "
+            f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ampere, Ada, Hopper, Blackwell)")
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise StartupError(f"dtype {dtype} is not supported on CUDA (use bfloat16)")
+    return f"{name}, sm_{cap[0]}{cap[1]}"
+
+
+def choose_kernels(device: torch.device | str, dtype: torch.dtype,
+                   prefer: str = "auto") -> KernelSet:
+    """Triton on CUDA (capability >= 8.0, triton importable), else the references.
+
+    `prefer`: "auto" (the rule above), "triton" (a StartupError where Triton cannot run), or
+    "reference" (debugging). The returned description says which path and why.
+    """
+    if prefer not in PREFERENCES:
+        raise StartupError(f"unknown kernel preference {prefer!r}; one of {PREFERENCES}")
+    device = torch.device(device)
+    if prefer == "reference":
+        return reference_kernels("requested")
+    if device.type != "cuda":
+        if prefer == "triton":
+            raise StartupError(f"Triton kernels need a CUDA device, got {device}")
+        return reference_kernels(f"device is {device.type}")
+    gpu = _check_cuda(device, dtype)
+    try:
+        return triton_kernels(f" on {gpu}")
+    except ImportError as exc:
+        if prefer == "triton":
+            raise StartupError(f"Triton kernels requested but triton cannot be imported: "
+                               f"{exc}; install the 'gpu' extra") from exc
+        return reference_kernels(f"triton cannot be imported ({exc}); install the 'gpu' extra "
+                                 f"for the fast path on {gpu}")
