@@ -1,4 +1,4 @@
-"""FakeEngine: an engine double that replays scripted token ids, for API tests and demos.
+"""Test doubles for the API: FakeEngine (replays scripted token ids) and stream-folding helpers.
 
 Owns only test scaffolding with the same surface as `AsyncEngine` (generate, abort, stats,
 is_dead, max_model_len, model_config, shutdown): each request's sequences replay a token script,
@@ -12,6 +12,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gptoss_serve.config import ModelConfig
 from gptoss_serve.engine.request import EngineRequest, StepOutput, TokenLogprob
@@ -140,3 +141,59 @@ class FakeEngine:
 def fixed_script(*scripts: Sequence[int]) -> Script:
     """Sequence i replays scripts[i] (the last script repeats for higher indices)."""
     return lambda _req, i: scripts[min(i, len(scripts) - 1)]
+
+
+# ---- folding a stream of openai ChatCompletionChunk objects (guards.md 7) -------------------
+def fold_stream(chunks: list[Any]) -> dict[str, Any]:
+    """{"choices": {index: {...fields...}}, "usage": ..., "ids": {...}} from parsed chunks."""
+    choices: dict[int, dict[str, Any]] = {}
+    usage = None
+    for chunk in chunks:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            st = choices.setdefault(c.index, _empty())
+            _fold_delta(st, c.delta)
+            if c.finish_reason is not None:
+                st["finish_reason"] = c.finish_reason
+    return {"choices": choices, "usage": usage, "ids": {c.id for c in chunks}}
+
+
+def _empty() -> dict[str, Any]:
+    return {"role": None, "content": "", "reasoning": "", "reasoning_content": "",
+            "tool_calls": {}, "finish_reason": None}
+
+
+def _fold_delta(st: dict[str, Any], delta: Any) -> None:
+    extra = delta.model_extra or {}
+    st["role"] = st["role"] or delta.role
+    st["content"] += delta.content or ""
+    st["reasoning"] += extra.get("reasoning") or ""
+    st["reasoning_content"] += extra.get("reasoning_content") or ""
+    for call in delta.tool_calls or []:
+        entry = st["tool_calls"].setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+        if call.id:
+            entry["id"] = call.id
+        if call.function and call.function.name:
+            entry["name"] += call.function.name
+        if call.function and call.function.arguments:
+            entry["arguments"] += call.function.arguments
+
+
+def message_fields(choice: Any) -> dict[str, Any]:
+    """The same fields from a non-streamed choice."""
+    msg = choice.message
+    extra = msg.model_extra or {}
+    calls = {
+        i: {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+        for i, c in enumerate(msg.tool_calls or [])
+    }
+    return {"role": msg.role, "content": msg.content or "",
+            "reasoning": extra.get("reasoning") or "",
+            "reasoning_content": extra.get("reasoning_content") or "",
+            "tool_calls": calls, "finish_reason": choice.finish_reason}
+
+
+def without_ids(fields: dict[str, Any]) -> dict[str, Any]:
+    """Tool-call ids are random per response: compare everything else."""
+    calls = {i: {k: v for k, v in c.items() if k != "id"} for i, c in fields["tool_calls"].items()}
+    return {**fields, "tool_calls": calls}
