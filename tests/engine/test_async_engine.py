@@ -1,0 +1,120 @@
+"""AsyncEngine: concurrent requests through the background loop, abort, admission errors, and
+engine death reaching every pending request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_engine import make_llm, reference
+
+from gptoss_serve.engine.async_engine import AsyncEngine
+from gptoss_serve.engine.request import EngineRequest, SamplingParams
+from gptoss_serve.errors import ContextLengthError, EngineDeadError
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def request(rid: str, prompt, params: SamplingParams = GREEDY) -> EngineRequest:
+    return EngineRequest(rid, tuple(prompt), params)
+
+
+async def collect(engine: AsyncEngine, req: EngineRequest) -> list[int]:
+    tokens = []
+    async for out in engine.generate(req):
+        tokens.extend(out.new_token_ids)
+    return tokens
+
+
+def test_concurrent_requests_get_their_own_tokens():
+    async def main():
+        engine = AsyncEngine(make_llm().engine)
+        prompts = [list(range(i, i + 5 + 3 * i)) for i in range(8)]
+        results = await asyncio.gather(*(collect(engine, request(f"r{i}", p))
+                                         for i, p in enumerate(prompts)))
+        await engine.shutdown()
+        return prompts, results
+
+    prompts, results = asyncio.run(main())
+    assert results == [reference(p, 12) for p in prompts]
+
+
+def test_abort_finishes_the_stream_and_frees_blocks():
+    async def main():
+        engine = AsyncEngine(make_llm().engine)
+        long = SamplingParams(temperature=0.0, max_tokens=10_000, ignore_eos=True)
+        outs = []
+        async for out in engine.generate(request("a", range(20), long)):
+            outs.append(out)
+            if len(outs) == 3:
+                engine.abort("a")
+                engine.abort("a")
+        stats = engine.stats()
+        await engine.shutdown()
+        return outs, stats
+
+    outs, stats = asyncio.run(main())
+    assert outs[-1].finished and outs[-1].finish_reason == "abort"
+    assert stats.full_blocks_used == 0 and stats.sliding_blocks_used == 0
+    assert stats.num_running_requests == 0
+
+
+def test_a_consumer_that_stops_iterating_aborts_its_request():
+    async def main():
+        engine = AsyncEngine(make_llm().engine)
+        long = SamplingParams(temperature=0.0, max_tokens=10_000, ignore_eos=True)
+        gen = engine.generate(request("a", range(20), long))
+        await gen.__anext__()
+        await gen.aclose()
+        for _ in range(200):  # wait (bounded) for the loop to process the abort
+            if not engine.engine.has_unfinished():
+                break
+            await asyncio.sleep(0.01)
+        unfinished = engine.engine.has_unfinished()
+        await engine.shutdown()
+        return unfinished
+
+    assert asyncio.run(main()) is False
+
+
+def test_a_prompt_that_cannot_fit_is_refused_at_admission():
+    async def main():
+        engine = AsyncEngine(make_llm(full_blocks=10).engine)
+        assert engine.max_model_len == 40
+        with pytest.raises(ContextLengthError):
+            await collect(engine, request("a", range(45)))
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_engine_death_reaches_every_pending_request():
+    async def main():
+        llm = make_llm()
+        inner = llm.engine.runner
+
+        class Dying:
+            calls = 0
+
+            def execute(self, out):
+                Dying.calls += 1
+                if Dying.calls == 3:
+                    raise Boom("device lost")
+                return inner.execute(out)
+
+        llm.engine.runner = Dying()
+        engine = AsyncEngine(llm.engine)
+        results = await asyncio.gather(*(collect(engine, request(f"r{i}", range(5 + i)))
+                                         for i in range(4)), return_exceptions=True)
+        assert engine.is_dead
+        with pytest.raises(EngineDeadError):
+            await collect(engine, request("late", range(5)))
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, EngineDeadError) for r in results)
+    assert "device lost" in results[0].message
