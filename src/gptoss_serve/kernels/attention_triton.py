@@ -158,6 +158,8 @@ def paged_attention_triton(
         return out
     if d != next_pow2(d) or bs != next_pow2(bs) or q.stride(-1) != 1:
         raise ValueError(f"head_dim {d} and block_size {bs} must be powers of two")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous() and out.is_contiguous()):
+        raise ValueError("KV caches and the output must be contiguous")
     group = hq // hkv
     gp = next_pow2(group)
     decode = t <= num_seqs
