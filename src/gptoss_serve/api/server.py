@@ -68,7 +68,9 @@ def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
                                   if random_weights else "")]
     if runner is not None:
         kernels = getattr(getattr(runner, "model", None), "kernels", None)
-        lines.append(f"dtype: {getattr(runner, 'dtype', '?')}, device: {runner.device}")
+        kv = getattr(runner, "kv_cache", None)
+        dtype = kv.k[0].dtype if kv is not None and getattr(kv, "k", None) else "?"
+        lines.append(f"dtype: {dtype}, device: {runner.device}")
         lines.append(f"kernels: {getattr(kernels, 'description', 'reference (plain torch)')}")
     if plan is not None:
         block = runner.block_size
@@ -82,11 +84,29 @@ def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn that, after its graceful stop on SIGINT/SIGTERM, returns instead of re-raising."""
+    """uvicorn with our stop: on SIGINT/SIGTERM it stops accepting, lets requests in flight run
+    for part of the grace period, then shuts the engine down so that the streams still open end
+    with an error event and [DONE] (not a cut connection); finally it returns (exit 0) instead of
+    re-raising the signal."""
+
+    def __init__(self, config: uvicorn.Config, engine: Any):
+        super().__init__(config)
+        self._engine = engine
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        async def stop_engine() -> None:
+            await asyncio.sleep(GRACE_SECONDS / 2)
+            await self._engine.shutdown()
+
+        stopper = asyncio.create_task(stop_engine())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            stopper.cancel()
 
 
 def run_server(opts: ServeOptions) -> int:
@@ -112,7 +132,7 @@ def run_server(opts: ServeOptions) -> int:
         timeout_graceful_shutdown=GRACE_SECONDS,
     )
     try:
-        _Server(uv).run()
+        _Server(uv, engine).run()
     finally:
         asyncio.run(engine.shutdown())
     log.info("stopped")
