@@ -38,7 +38,8 @@ def make_client(tok) -> Iterator[Callable[..., tuple[TestClient, FakeEngine]]]:
     def make(*scripts: str | list[int], tokens_per_step: int = 1, **cfg) -> tuple:
         seqs = [s if isinstance(s, list) else script_ids(tok, s) for s in scripts] or [[]]
         engine = FakeEngine(fixed_script(*seqs), tokens_per_step=tokens_per_step)
-        config = ServerConfig(served_model_names=(MODEL,), current_date="2025-06-28", **cfg)
+        cfg.setdefault("current_date", "2025-06-28")
+        config = ServerConfig(served_model_names=(MODEL,), **cfg)
         client = TestClient(create_app(engine, config, tok), raise_server_exceptions=False)
         clients.append(client)
         return client, engine

@@ -111,3 +111,15 @@ def test_disconnect_aborts(fake_server):
         first = [next(lines) for _ in range(6)]
     assert any(json.loads(x[6:])["choices"][0]["delta"].get("role") for x in first if x)
     wait_until(lambda: len(running.engine.aborted) == 1, "the request to be aborted")
+
+
+def test_client_leaving_while_queued_aborts(fake_server):
+    running = fake_server(ANSWER)
+    engine = running.engine
+    engine.gate = asyncio.Event()  # held in the queue: no first token ever comes
+    for stream in (False, True):
+        body = {"model": MODEL, "messages": [USER], "stream": stream}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(running.base_url + "/v1/chat/completions", json=body, timeout=0.5)
+    wait_until(lambda: len(engine.aborted) == 2, "both queued requests to be aborted")
+    wait_until(lambda: engine.stats().num_waiting_requests == 0, "the queue to empty")

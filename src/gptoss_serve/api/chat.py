@@ -83,7 +83,9 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     ctx.check_capacity()
     engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
     run = ChatRun(ctx, req, engine_req)
-    outputs = await prime(ctx.generate(engine_req))
+    outputs = await unless_disconnected(request, prime(ctx.generate(engine_req)))
+    if outputs is None:  # the client left while the request was queued
+        return Response(status_code=499)
     if req.stream:
         abort = ctx.engine.abort
         return sse_response(run.chunks(outputs), on_close=lambda: abort(engine_req.request_id))

@@ -122,12 +122,28 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
         engine_reqs.append(EngineRequest(new_id("cmpl"), tuple(ids), params))
     ctx.check_capacity()
     run = CompletionRun(ctx, req, engine_reqs)
-    streams = [await prime(_tagged(i, ctx.generate(r))) for i, r in enumerate(engine_reqs)]
-    outputs = merge(streams)
+    outputs = await unless_disconnected(request, _start_all(ctx, engine_reqs))
+    if outputs is None:  # the client left while the request was queued
+        return Response(status_code=499)
     if req.stream:
         return sse_response(run.chunks(outputs), on_close=run.abort)
     body = await unless_disconnected(request, run.collect(outputs))
     return JSONResponse(body) if body is not None else Response(status_code=499)
+
+
+async def _start_all(
+    ctx: ApiContext, engine_reqs: list[EngineRequest]
+) -> AsyncGenerator[tuple[int, StepOutput], None]:
+    """Start every prompt's generation (admission errors raise here) and merge their outputs."""
+    streams: list[AsyncGenerator[tuple[int, StepOutput], None]] = []
+    try:
+        for i, r in enumerate(engine_reqs):
+            streams.append(await prime(_tagged(i, ctx.generate(r))))
+    except BaseException:
+        for s in streams:
+            await s.aclose()
+        raise
+    return merge(streams)
 
 
 async def _tagged(
