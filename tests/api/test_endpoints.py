@@ -202,3 +202,30 @@ def test_engine_error_at_admission_is_a_status(make_client):
         resp = client.post("/v1/chat/completions",
                            json={"model": MODEL, "messages": USER, "stream": stream})
         assert resp.status_code == 503
+
+
+def _tokens(client, messages, **kw) -> list[int]:
+    resp = client.post("/tokenize", json={"messages": messages, **kw})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["tokens"]
+
+
+def test_content_parts_render_like_a_string(make_client):
+    client, _ = make_client()
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"}]}]
+    plain = [{"role": "user", "content": "What is 2 + 2?"}]
+    assert _tokens(client, parts) == _tokens(client, plain)
+
+
+@pytest.mark.parametrize("spelling", ["reasoning", "reasoning_content"])
+def test_input_reasoning_accepted_in_both_spellings(make_client, tok, spelling):
+    client, _ = make_client()
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, spelling: "Look it up.",
+                 "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "rain"}]
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    text = tok.decode(_tokens(client, messages, tools=tools))
+    assert "<|channel|>analysis<|message|>Look it up.<|end|>" in text
