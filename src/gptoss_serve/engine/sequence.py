@@ -8,6 +8,7 @@ Knows nothing of torch, of how blocks are allocated, or of scheduling policy.
 
 from __future__ import annotations
 
+import array
 import enum
 import hashlib
 from dataclasses import dataclass, field
@@ -98,5 +99,5 @@ class Sequence:
 def block_hash(parent: bytes, token_ids: list[int]) -> bytes:
     """Chained hash of one full block: depends on every token before it through `parent`."""
     h = hashlib.blake2b(parent, digest_size=16)
-    h.update(b"".join(t.to_bytes(4, "little", signed=True) for t in token_ids))
+    h.update(array.array("q", token_ids).tobytes())
     return h.digest()
