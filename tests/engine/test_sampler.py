@@ -135,3 +135,23 @@ def test_logprobs_match_log_softmax():
     assert sum(math.exp(lp) for _, lp in first.top) <= 1.0 + 1e-6
     assert out[1].logprob is None
     assert out[2].logprob.top == () and out[2].token_id == int(logits[2].argmax())
+
+
+def test_one_host_sync_per_batch(monkeypatch):
+    calls = []
+    for name in ("tolist", "item", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _name=name, _orig=original, **kw):
+            calls.append(_name)
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    mixed = [
+        SamplingParams(temperature=0.0, logit_bias=((3, 2.0),)),
+        SamplingParams(temperature=0.9, top_p=0.8, top_k=5, min_p=0.05, seed=1, logprobs=3),
+        SamplingParams(temperature=1.2, frequency_penalty=0.5, presence_penalty=0.3),
+    ]
+    rows_ = [SamplingRow(p, noise_key(i, 0, 0), [1, 2, 2], (4,)) for i, p in enumerate(mixed)]
+    Sampler().sample(random_logits(3), rows_)
+    assert calls == ["tolist"]
