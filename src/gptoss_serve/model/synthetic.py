@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {}  # filled below by _preset
 _ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32",
               torch.uint8: "U8"}
 _FP4_RMS = math.sqrt(sum(v * v for v in FP4_VALUES) / len(FP4_VALUES))
+_CHUNK = 1 << 22  # elements drawn per call when filling a big tensor
 LOGIT_STD = 12.0  # std of the logits of a random checkpoint: top-1 is well clear of top-2
 
 
@@ -118,7 +119,12 @@ def _generator(seed: int, name: str) -> torch.Generator:
 
 
 def _normal(shape: torch.Size, std: float, g: torch.Generator, mean: float = 0.0) -> torch.Tensor:
-    return (torch.randn(shape, generator=g) * std + mean).to(torch.bfloat16)
+    """bf16 normals, drawn in chunks so that no float32 copy of a big tensor exists."""
+    out = torch.empty(shape, dtype=torch.bfloat16).view(-1)
+    for start in range(0, out.numel(), _CHUNK):
+        part = out[start:start + _CHUNK]
+        part.copy_(torch.randn(part.numel(), generator=g).mul_(std).add_(mean))
+    return out.view(shape)
 
 
 def _fp4_scales(shape: torch.Size, rms: float, g: torch.Generator) -> torch.Tensor:
