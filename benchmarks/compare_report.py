@@ -29,8 +29,11 @@ def _table(run: dict, ok: list[dict]) -> list[str]:
         cells = []
         for r in ok:
             f = _figures(r, case)
-            cells.append("failed" if f is None else
-                         f"{_fmt(f[0])} tok/s, TTFT {_fmt(f[1], 0)} ms, TPOT {_fmt(f[2])} ms")
+            load = next((c.get("loadavg_1m") for c in r["cases"] if c["name"] == case), None)
+            where = f" (load {load[0]:.1f})" if load else ""
+            text = "failed" if f is None else (
+                f"{_fmt(f[0])} tok/s, TTFT {_fmt(f[1], 0)} ms, TPOT {_fmt(f[2])} ms{where}")
+            cells.append(text)
         rows.append(f"| {case} | " + " | ".join(cells) + " |")
     return rows
 
@@ -80,7 +83,8 @@ def markdown_section(run: dict) -> str:
              f"- Command: `{run['command']}`",
              "- Checkpoint: `small` preset (6 layers, hidden 512, 16 experts, MXFP4 experts, "
              "HF layout), random weights; workloads: `random` token prompts, greedy, "
-             "all requests over `/v1/completions` with streaming; means over requests.", ""]
+             "all requests over `/v1/completions` with streaming; means over requests; "
+             "(load x) is the 1-minute load average when the case started (2 cores).", ""]
     lines += [f"- Note: {n}" for n in run["notes"]]
     lines += [f"- {r['peer']}: `{' '.join(map(str, r['command']))}`"
               + (f" (env {r['env']})" if r.get("env") else "")

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -93,8 +94,6 @@ def machine() -> str:
     flags = Path("/proc/cpuinfo").read_text()
     isa = [f for f in ("avx2", "avx512f", "amx_tile") if f" {f}" in flags]
     mem = int(Path("/proc/meminfo").read_text().split()[1]) // (1024 * 1024)
-    import os
-
     return f"{cpu}, {os.cpu_count()} cores ({', '.join(isa)}), {mem} GiB RAM"
 
 
@@ -108,9 +107,11 @@ async def served_cases(peer: peers.Peer, cases: list[dict], tok, log: Path) -> l
                             max_concurrency=case["concurrency"], ignore_eos=peer.ignore_eos,
                             token_prompts=False, extra_body=peer.extra_body,
                             num_warmups=1, show_progress=False, timeout_s=900)
+        load_before = os.getloadavg()[0]
         metrics, data = await run_bench_async(opts, reqs)
         errors = sorted({e for e in data["errors"] if e})
-        out.append({"name": case["name"], "metrics": metrics.to_dict(), "errors": errors[:3]})
+        out.append({"name": case["name"], "metrics": metrics.to_dict(), "errors": errors[:3],
+                    "loadavg_1m": [load_before, os.getloadavg()[0]]})
         with log.open("a") as fh:
             fh.write(f"{peer.name} {case['name']}: {json.dumps(out[-1]['metrics'])}\n")
     return out

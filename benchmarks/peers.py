@@ -72,7 +72,7 @@ def vllm_peer(cache: Path, ckpt: Path, port: int, threads_reserved: int = 1) -> 
     cmd = [str(venv_python(cache, "vllm")), "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(ckpt), "--served-model-name", "small", "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "4096",
-           "--max-num-seqs", "32", "--disable-log-requests"]
+           "--max-num-seqs", "32"]
     env = {"VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_CPU_NUM_OF_RESERVED_CPU": str(threads_reserved)}
     return Peer("vLLM-CPU", cmd, env, port)
 
@@ -98,7 +98,8 @@ def llamacpp_peer(cache: Path, gguf: Path, port: int, parallel: int = 32) -> Pee
 
 def ours_peer(ckpt: Path, port: int) -> Peer:
     cmd = [str(REPO / ".venv/bin/gptoss-serve"), "serve", "--model", str(ckpt),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
+           "--max-num-seqs", "32"]
     return Peer("gptoss-serve", cmd, {}, port)
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from os import getloadavg
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Mxfp4Config
 from transformers.generation.streamers import BaseStreamer
 
 from gptoss_serve.bench.client import RequestResult
@@ -60,14 +61,15 @@ def run_batch(model, batch: list[BenchRequest], out_len: int) -> tuple[list[Requ
 def run_case(model, tok, case: dict) -> dict:
     reqs = random_workload(tok, case["num_prompts"], case["input_len"], case["output_len"],
                            0.0, case.get("seed", 0))
-    bs = case["concurrency"]
+    bs, load = case["concurrency"], getloadavg()[0]
     results: list[RequestResult] = []
     start = time.perf_counter()
     for i in range(0, len(reqs), bs):
         batch_results, _ = run_batch(model, reqs[i:i + bs], case["output_len"])
         results += batch_results
     metrics = summarize(results, time.perf_counter() - start)
-    return {"name": case["name"], "metrics": metrics.to_dict()}
+    return {"name": case["name"], "metrics": metrics.to_dict(),
+            "loadavg_1m": [load, getloadavg()[0]]}
 
 
 def greedy_ids(model, tok, prompts: list[list[int]], n: int) -> list[list[int]]:
@@ -77,7 +79,10 @@ def greedy_ids(model, tok, prompts: list[list[int]], n: int) -> list[list[int]]:
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec.get("threads", 2))
-    model = AutoModelForCausalLM.from_pretrained(spec["checkpoint"], dtype=torch.bfloat16)
+    # On CPU transformers dequantizes MXFP4 experts to bf16 at load (asking explicitly avoids its
+    # accelerate requirement).
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["checkpoint"], dtype=torch.bfloat16, quantization_config=Mxfp4Config(dequantize=True))
     model.eval()
     tok = get_tokenizer()
     with torch.inference_mode():
