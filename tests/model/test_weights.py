@@ -137,3 +137,25 @@ def test_errors_map_to_the_openai_shape(tmp_path):
         load_model(tmp_path, device="cpu")
     body = err.value.to_openai()["error"]
     assert body["message"] == err.value.message and body["type"] == "server_error"
+
+
+def test_original_layout_from_root_or_its_folder(good, tmp_path):
+    orig = write_checkpoint(tmp_path / "orig", layout="original", **SMALL_VOCAB)
+    want = load_model(good, device="cpu").state_dict()
+    for folder in (orig, orig / "original"):
+        got = load_model(folder, device="cpu").state_dict()
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_bf16_experts_load_into_dense_fields_with_the_same_values(good, tmp_path):
+    dense = load_model(write_checkpoint(tmp_path / "dense", experts="bf16", **SMALL_VOCAB),
+                       device="cpu")
+    packed = load_model(good, device="cpu")
+    assert not dense.config.experts_mxfp4
+    for a, b in zip(dense.block, packed.block, strict=True):
+        assert a.mlp.mlp1_weight.blocks is None
+        assert torch.equal(a.mlp.experts().expert_w1(1, torch.float32),
+                           b.mlp.experts().expert_w1(1, torch.float32))
+        assert torch.equal(a.mlp.experts().expert_w2(3, torch.float32),
+                           b.mlp.experts().expert_w2(3, torch.float32))
