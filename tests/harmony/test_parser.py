@@ -172,6 +172,15 @@ def test_parse_header_fields():
     assert parse_header("<|channel|>commentary to=all").start.recipient is None
 
 
+
+def test_second_constrain_marker_never_becomes_a_recipient():
+    # found by the property test below: [<|constrain|>, "!", <|constrain|>, <|channel|>]
+    start = parse_header("<|constrain|>!<|constrain|><|channel|>").start
+    assert start.content_type == "!"
+    assert start.recipient is None
+    start = parse_header("<|channel|>commentary <|constrain|>json <|constrain|>functions.f").start
+    assert (start.content_type, start.recipient) == ("json", "functions.f")
+
 # --- properties -----------------------------------------------------------------------------
 _TEXT_IDS = st.one_of(st.integers(0, 199997), st.sampled_from([27, 91, 29, 5236, 200, 1000]))
 _SPECIAL_IDS = st.sampled_from(list(range(199998, 200020)) + [200500, 201087])

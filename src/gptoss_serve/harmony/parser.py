@@ -90,8 +90,12 @@ def _fields(parts: list[str]) -> tuple[str | None, str | None, bool, list[str], 
     for part in parts:
         if part.startswith("to=") and recipient is None:
             recipient = part[3:] or None
-        elif part.startswith("<|constrain|>") and ctype is None:
-            ctype, constrained = part[len("<|constrain|>"):] or None, True
+        elif part.startswith("<|constrain|>"):
+            word = scrub(part[len("<|constrain|>"):])
+            if ctype is None:
+                ctype, constrained = word or None, True
+            elif word:  # a second marker: its word is ordinary header text
+                kept.append(word)
         elif part not in ROLE_WORDS:
             kept.append(part)
     if recipient == "assistant":  # a message addressed to the assistant: a tool is its author
