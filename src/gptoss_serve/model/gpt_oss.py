@@ -69,19 +69,29 @@ class AttentionBlock(nn.Module):
         self.sinks = nn.Parameter(torch.zeros(self.n_q, dtype=torch.float32))
         self.out = nn.Linear(self.n_q * c.head_dim, c.hidden_size)
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 batch: ForwardBatch, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 kernels: KernelSet) -> torch.Tensor:
-        t, d = x.shape[0], self.head_dim
-        qkv = self.qkv(self.norm(x))
-        q, k, v = qkv.split([self.n_q * d, self.n_kv * d, self.n_kv * d], dim=-1)
-        q = apply_rotary(q.view(t, self.n_q, d), *cos_sin)
-        k = apply_rotary(k.view(t, self.n_kv, d), *cos_sin)
+        """h: the normed residual stream [T, hidden] -> attention output (no residual add).
+
+        `rope` is (cos, sin) per token [T, D/2] for the reference path, or the whole tables
+        [P, D/2] indexed by `batch.positions` inside the fused RoPE + KV write (`is_triton`),
+        after which attention gets k = v = None (the cache already holds them).
+        """
+        t, d = h.shape[0], self.head_dim
+        q, k, v = self.qkv(h).split([self.n_q * d, self.n_kv * d, self.n_kv * d], dim=-1)
+        q, k, v = q.view(t, self.n_q, d), k.view(t, self.n_kv, d), v.view(t, self.n_kv, d)
         pool = batch.pool(self.sliding)
-        o = kernels.attention(q, k, v.view(t, self.n_kv, d), k_cache, v_cache,
-                              pool.slot_mapping, pool.block_tables, batch.query_start_loc,
-                              batch.seq_lens, self.sinks, self.sm_scale, self.window)
-        return x + self.out(o.reshape(t, self.n_q * d))
+        if kernels.is_triton:
+            q, _ = kernels.rope_kv_write(q, k, v, batch.positions, *rope, k_cache, v_cache,
+                                         pool.slot_mapping)
+            k = v = None
+        else:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        o = kernels.attention(q, k, v, k_cache, v_cache, pool.slot_mapping, pool.block_tables,
+                              batch.query_start_loc, batch.seq_lens, self.sinks, self.sm_scale,
+                              self.window)
+        return self.out(o.reshape(t, self.n_q * d))
 
 
 class MoEBlock(nn.Module):
@@ -105,10 +115,13 @@ class MoEBlock(nn.Module):
                              w1_blocks=w1.blocks, w1_scales=w1.scales, w2_blocks=w2.blocks,
                              w2_scales=w2.scales, w1=w1.weight, w2=w2.weight)
 
+    def mix(self, h: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
+        """The experts' output for the normed stream h (no residual add)."""
+        return kernels.moe(h, self.gate.weight, self.gate.bias, self.experts(), self.top_k,
+                           self.limit, self.alpha)
+
     def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
-        y = kernels.moe(self.norm(x), self.gate.weight, self.gate.bias, self.experts(),
-                        self.top_k, self.limit, self.alpha)
-        return x + y
+        return x + self.mix(self.norm(x), kernels)
 
 
 class TransformerBlock(nn.Module):
@@ -135,6 +148,7 @@ class GptOssModel(nn.Module):
             self.unembedding = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._materialize(dtype, torch.device(device))
         self.rotary = Rotary(config, device)
+        self._rope_tables: tuple[torch.Tensor, ...] | None = None
         self.requires_grad_(False)
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -151,13 +165,40 @@ class GptOssModel(nn.Module):
     def device(self) -> torch.device:
         return self.embedding.weight.device
 
+    def rope_inputs(self, batch: ForwardBatch, dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token (cos, sin) for the reference path; for the fused Triton RoPE + KV write
+        the [max_position_embeddings, D/2] tables, built once (same values: row p is
+        `cos_sin(p)`), so a decode step computes no angles and can be graph-captured."""
+        if not self.kernels.is_triton:
+            return self.rotary.cos_sin(batch.positions, dtype)
+        if self._rope_tables is None or self._rope_tables[0].dtype != dtype:
+            every = torch.arange(self.config.max_position_embeddings, device=self.device)
+            self._rope_tables = tuple(t.contiguous() for t in self.rotary.cos_sin(every, dtype))
+        return self._rope_tables
+
+    def _norm(self, norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual) in one kernel call; x alone when no residual."""
+        if residual is None:
+            return self.kernels.rms_norm(x, norm.scale, norm.eps), x
+        return self.kernels.rms_norm(x, norm.scale, norm.eps, residual=residual)
+
     @torch.no_grad()
     def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
-        """One step: new tokens of all sequences -> float32 logits of `batch.logits_indices`."""
+        """One step: new tokens of all sequences -> float32 logits of `batch.logits_indices`.
+
+        The residual stream `res` is added to each block's output inside the next norm call
+        (`kernels.rms_norm(..., residual=res)`), so no separate add runs between blocks.
+        """
         x = self.embedding(batch.input_ids)
-        cos_sin = self.rotary.cos_sin(batch.positions, x.dtype)
+        rope = self.rope_inputs(batch, x.dtype)
+        res = None
         for n, blk in enumerate(self.block):
-            x = blk.attn(x, cos_sin, batch, kv_cache.k[n], kv_cache.v[n], self.kernels)
-            x = blk.mlp(x, self.kernels)
-        x = self.norm(x[batch.logits_indices])
-        return self.unembedding(x).float()
+            h, res = self._norm(blk.attn.norm, x, res)
+            x = blk.attn(h, rope, batch, kv_cache.k[n], kv_cache.v[n], self.kernels)
+            h, res = self._norm(blk.mlp.norm, x, res)
+            x = blk.mlp.mix(h, self.kernels)
+        rows = batch.logits_indices
+        h, _ = self._norm(self.norm, x[rows], res[rows])
+        return self.unembedding(h).float()
