@@ -42,6 +42,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-num-seqs", type=int, default=256, help="sequences per engine step")
     a("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
     a("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
+    a("--kernels", default="auto", choices=["auto", "triton", "reference"],
+      help="auto: Triton on CUDA (sm_80+), references elsewhere; reference: plain torch")
+    a("--enforce-eager", action="store_true", help="no CUDA graphs for the decode step")
     a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
@@ -84,7 +87,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,
-        device=args.device, server=server, tiny_dir=tiny,
+        device=args.device, server=server, tiny_dir=tiny, kernels=args.kernels,
+        enforce_eager=args.enforce_eager,
         cache=CacheConfig(kv_cache_memory_gib=args.kv_cache_memory),
         sched=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                               max_num_batched_tokens=args.max_num_batched_tokens),

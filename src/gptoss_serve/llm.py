@@ -60,10 +60,12 @@ def split_engine_kwargs(kwargs: dict[str, Any]) -> tuple[CacheConfig, SchedulerC
 
 class LLM:
     def __init__(self, model: str | Path, dtype: str = "auto", device: str = "auto",
-                 **engine_kwargs: Any):
+                 kernels: str = "auto", enforce_eager: bool = False, **engine_kwargs: Any):
+        """`kernels`: auto | triton | reference; `enforce_eager`: no CUDA graphs."""
         cache, sched = split_engine_kwargs(engine_kwargs)
         self.engine = LLMEngine.from_config(model, dtype=dtype, device=device, cache=cache,
-                                            sched=sched)
+                                            sched=sched, kernels=kernels,
+                                            cuda_graphs=not enforce_eager)
         self._ids = itertools.count()
 
     @classmethod

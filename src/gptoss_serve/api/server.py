@@ -34,6 +34,8 @@ class ServeOptions:
     cache: CacheConfig
     sched: SchedulerConfig
     tiny_dir: Path  # where the tiny checkpoint is built on first use
+    kernels: str = "auto"  # auto | triton | reference (kernels/select.py)
+    enforce_eager: bool = False  # no CUDA graphs for the decode step
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -80,6 +82,9 @@ def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
             f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB); "
             f"context {engine.max_model_len} tokens: {fit} sequence(s) of full context fit"
         )
+        for attr in ("capacity_description", "decode_description"):
+            if hasattr(runner, attr):
+                lines.append(getattr(runner, attr))
     return lines
 
 
@@ -120,7 +125,8 @@ def run_server(opts: ServeOptions) -> int:
         log.warning("no --model given: serving a tiny RANDOM checkpoint from %s", model)
     name = served_name(model, opts.served_model_name)
     engine = AsyncEngine.from_config(
-        model, dtype=opts.dtype, device=opts.device, cache=opts.cache, sched=opts.sched
+        model, dtype=opts.dtype, device=opts.device, cache=opts.cache, sched=opts.sched,
+        kernels=opts.kernels, cuda_graphs=not opts.enforce_eager,
     )
     for line in describe(engine, model, random_weights):
         log.info(line)

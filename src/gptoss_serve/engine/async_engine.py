@@ -53,10 +53,11 @@ class AsyncEngine:
 
     @classmethod
     def from_config(cls, model: str | Path, *, dtype: str = "auto", device: str = "auto",
-                    cache: CacheConfig, sched: SchedulerConfig) -> AsyncEngine:
+                    cache: CacheConfig, sched: SchedulerConfig, kernels: str = "auto",
+                    cuda_graphs: bool = True) -> AsyncEngine:
         """Load weights, size the KV cache and start the loop thread."""
         return cls(LLMEngine.from_config(model, dtype=dtype, device=device, cache=cache,
-                                         sched=sched))
+                                         sched=sched, kernels=kernels, cuda_graphs=cuda_graphs))
 
     # ---- API side ------------------------------------------------------------------------------
     @property

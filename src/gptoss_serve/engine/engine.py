@@ -39,23 +39,30 @@ class LLMEngine:
                                    enable_prefix_caching=cache.enable_prefix_caching)
 
     @classmethod
-    def from_model(cls, model, cache: CacheConfig, sched: SchedulerConfig) -> LLMEngine:
-        """Wrap a loaded model (`model.config`, `model.forward(batch, kv_cache)`)."""
+    def from_model(cls, model, cache: CacheConfig, sched: SchedulerConfig, *,
+                   cuda_graphs: bool = True, static_decode: bool | None = None) -> LLMEngine:
+        """Wrap a loaded model (`model.config`, `model.forward(batch, kv_cache)`); the decode
+        options are those of `ModelRunner` (CUDA graphs unless `cuda_graphs=False`)."""
         from gptoss_serve.engine.model_runner import ModelRunner
 
-        runner = ModelRunner.create(model, model.config, cache, sched)
+        runner = ModelRunner.create(model, model.config, cache, sched, cuda_graphs=cuda_graphs,
+                                    static_decode=static_decode)
         return cls(runner, model.config, cache, sched, num_full_blocks=runner.plan.num_full_blocks,
                    num_sliding_blocks=runner.plan.num_sliding_blocks)
 
     @classmethod
     def from_config(cls, model: str | Path, *, dtype: str = "auto", device: str = "auto",
                     cache: CacheConfig | None = None,
-                    sched: SchedulerConfig | None = None) -> LLMEngine:
-        """Load a checkpoint (folder or hub name), size the KV cache, build the engine."""
+                    sched: SchedulerConfig | None = None, kernels: str = "auto",
+                    cuda_graphs: bool = True) -> LLMEngine:
+        """Load a checkpoint (folder or hub name), size the KV cache, build the engine.
+
+        `kernels`: auto | triton | reference (`kernels.select.choose_kernels`)."""
         from gptoss_serve.model.weights import load_model
 
-        loaded = load_model(model, dtype=dtype, device=device)
-        return cls.from_model(loaded, cache or CacheConfig(), sched or SchedulerConfig())
+        loaded = load_model(model, dtype=dtype, device=device, kernels=kernels)
+        return cls.from_model(loaded, cache or CacheConfig(), sched or SchedulerConfig(),
+                              cuda_graphs=cuda_graphs)
 
     def validate(self, request: EngineRequest) -> None:
         """Raise the typed error add_request would raise, without queueing anything."""

@@ -8,6 +8,12 @@ sequence needs for its window plus one full prefill chunk
 blocks, at most half the budget); the full pool gets the rest. Blocks of the two pools cost
 `block bytes * number of layers of that kind`.
 
+Decode-only steps go through `static_decode.PaddedDecode` (static buffers, CUDA graphs) when the
+device is CUDA, the model runs the Triton kernels and graphs are not switched off
+(`cuda_graphs=False`, `--enforce-eager`); `static_decode=True` forces the padded path without
+graphs (the CPU tests). Prefill and mixed steps run eagerly. `plan_for_gpu` is the same sizing
+as a pure function of the card's size, for the 120b-on-80-GB memory plan.
+
 Owns torch tensors of the cache, the ForwardBatch build and the call of the sampler; knows nothing
 of request queues, HTTP or harmony.
 """
@@ -24,10 +30,12 @@ from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.engine.sampler import Sampler, SamplingRow, noise_key
 from gptoss_serve.engine.scheduler import SchedulerOutput
 from gptoss_serve.engine.sequence import SampledToken, Sequence
+from gptoss_serve.engine.static_decode import PaddedDecode, decode_batch_sizes
 from gptoss_serve.errors import StartupError
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
+CAPACITY_LENGTHS = (131072, 8192)  # start-up prints how many sequences of these lengths fit
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,12 @@ def kv_budget_bytes(cache: CacheConfig, sched: SchedulerConfig, config: ModelCon
     if device.type != "cuda":
         return int(cache.cpu_kv_cache_gib * GIB)
     free, total = torch.cuda.mem_get_info(device)
+    return gpu_kv_budget(free, total, cache, sched, config)
+
+
+def gpu_kv_budget(free: int, total: int, cache: CacheConfig, sched: SchedulerConfig,
+                  config: ModelConfig) -> int:
+    """KV bytes on a GPU with `free` of `total` bytes left after the weights."""
     # activations of one chunk plus float32 logits and a sort buffer for every sequence
     reserve = GIB + sched.max_num_batched_tokens * config.hidden_size * 64 \
         + sched.max_num_seqs * config.vocab_size * 4 * 6
@@ -83,11 +97,40 @@ def plan_kv_cache(config: ModelConfig, cache: CacheConfig, sched: SchedulerConfi
     return plan
 
 
+def sequences_fitting(plan: KVPlan, length: int, block_size: int) -> int:
+    """How many sequences of `length` tokens the full-attention pool holds at once (the
+    sliding pool is sized for max_num_seqs windows)."""
+    return plan.num_full_blocks // -(-length // block_size)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Weights plus KV on one GPU."""
+
+    gpu_bytes: int
+    weights_bytes: int
+    kv: KVPlan
+    block_size: int
+
+    def sequences(self, length: int) -> int:
+        return sequences_fitting(self.kv, length, self.block_size)
+
+
+def plan_for_gpu(config: ModelConfig, dtype: torch.dtype, gpu_bytes: int, weights_bytes: int,
+                 cache: CacheConfig, sched: SchedulerConfig) -> MemoryPlan:
+    """The start-up sizing on a card of `gpu_bytes` that holds only this model's weights."""
+    budget = gpu_kv_budget(gpu_bytes - weights_bytes, gpu_bytes, cache, sched, config)
+    kv = plan_kv_cache(config, cache, sched, dtype, budget)
+    return MemoryPlan(gpu_bytes, weights_bytes, kv, cache.block_size)
+
+
 class ModelRunner:
     """Runs one step: SchedulerOutput -> ForwardBatch -> model -> logits -> sampler."""
 
     def __init__(self, model: torch.nn.Module, config: ModelConfig, plan: KVPlan,
-                 block_size: int, dtype: torch.dtype, device: torch.device):
+                 block_size: int, dtype: torch.dtype, device: torch.device, *,
+                 max_num_seqs: int = 256, max_model_len: int | None = None,
+                 cuda_graphs: bool = True, static_decode: bool | None = None):
         self.model = model
         self.config = config
         self.plan = plan
@@ -101,15 +144,47 @@ class ModelRunner:
         log.info("KV cache: %d full blocks, %d sliding blocks of %d tokens, %.3f GiB",
                  plan.num_full_blocks, plan.num_sliding_blocks, block_size,
                  plan.total_bytes / GIB)
+        self.capacity_description = "KV capacity: " + ", ".join(
+            f"{sequences_fitting(plan, n, block_size)} sequence(s) of {n} tokens"
+            for n in CAPACITY_LENGTHS)
+        log.info(self.capacity_description)
+        decode, how = self._decode_path(max_num_seqs, max_model_len, cuda_graphs, static_decode)
+        self.decode: PaddedDecode | None = decode
+        self.decode_description = f"decode step: {how}"
+        log.info(self.decode_description)
+
+    def _decode_path(self, max_num_seqs: int, max_model_len: int | None, cuda_graphs: bool,
+                     static_decode: bool | None) -> tuple[PaddedDecode | None, str]:
+        """The padded decode path and a line saying whether graphs run, and why not."""
+        kernels = getattr(self.model, "kernels", None)
+        why_not = ("switched off (--enforce-eager)" if not cuda_graphs
+                   else f"need CUDA, device is {self.device.type}" if self.device.type != "cuda"
+                   else "need the Triton kernels" if not getattr(kernels, "is_triton", False)
+                   else "")
+        graphs = not why_not
+        if not (graphs if static_decode is None else static_decode):
+            return None, f"eager (CUDA graphs {why_not})"
+        max_len = min(max_model_len or self.config.max_position_embeddings,
+                      self.plan.num_full_blocks * self.block_size)
+        sizes = decode_batch_sizes(max_num_seqs)
+        path = PaddedDecode(self.model, self.kv_cache, self.block_size,
+                            -(-max_len // self.block_size), sizes, self.device, graphs=graphs)
+        path.capture()
+        how = f"CUDA graphs for batch sizes {sizes}" if graphs else \
+            f"padded to batch sizes {sizes}, eager (CUDA graphs {why_not})"
+        return path, how
 
     @classmethod
     def create(cls, model: torch.nn.Module, config: ModelConfig, cache: CacheConfig,
-               sched: SchedulerConfig) -> ModelRunner:
+               sched: SchedulerConfig, *, cuda_graphs: bool = True,
+               static_decode: bool | None = None) -> ModelRunner:
         """Size the KV cache for `model` (its floating dtype and device) and allocate it."""
         param = next(p for p in model.parameters() if p.is_floating_point())
         budget = kv_budget_bytes(cache, sched, config, param.device)
         plan = plan_kv_cache(config, cache, sched, param.dtype, budget)
-        return cls(model, config, plan, cache.block_size, param.dtype, param.device)
+        return cls(model, config, plan, cache.block_size, param.dtype, param.device,
+                   max_num_seqs=sched.max_num_seqs, max_model_len=sched.max_model_len,
+                   cuda_graphs=cuda_graphs, static_decode=static_decode)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> list[SampledToken]:
@@ -117,8 +192,11 @@ class ModelRunner:
         slices = [SeqSlice(s.seq.token_ids[s.start_pos:s.start_pos + s.num_new_tokens],
                            s.start_pos, s.seq.full_blocks, s.seq.sliding_blocks, s.sample)
                   for s in out.scheduled]
-        batch = ForwardBatch.build(slices, self.block_size, self.device)
-        logits = self.model.forward(batch, self.kv_cache)
+        if self.decode is not None and self.decode.accepts(slices):
+            logits = self.decode.run(slices)
+        else:
+            batch = ForwardBatch.build(slices, self.block_size, self.device)
+            logits = self.model.forward(batch, self.kv_cache)
         return self.sampler.sample(logits.float(), [sampling_row(s.seq) for s in out.sampling])
 
 

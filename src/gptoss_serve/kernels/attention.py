@@ -12,7 +12,12 @@ import torch
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """Store new keys/values [T, Hkv, D] at flat slots of caches [N, bs, Hkv, D]."""
+    """Store new keys/values [T, Hkv, D] at flat slots of caches [N, bs, Hkv, D].
+
+    A slot < 0 stores nothing (the padding rows of a padded decode batch)."""
+    if slot_mapping.numel() and int(slot_mapping.min()) < 0:
+        keep = slot_mapping >= 0
+        k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
     n, bs, h, d = k_cache.shape
     k_cache.view(n * bs, h, d).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(n * bs, h, d).index_copy_(0, slot_mapping, v.to(v_cache.dtype))

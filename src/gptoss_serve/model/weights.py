@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from gptoss_serve.config import ModelConfig
 from gptoss_serve.errors import CheckpointError, StartupError
-from gptoss_serve.kernels.select import KernelSet
+from gptoss_serve.kernels.select import KernelSet, choose_kernels
 from gptoss_serve.model.gpt_oss import GptOssModel
 
 log = logging.getLogger(__name__)
 
+GIB = 1 << 30
 HF_INDEX = "model.safetensors.index.json"
 HF_ARCHITECTURE = "GptOssForCausalLM"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -219,17 +220,46 @@ def expected_tensors(model: GptOssModel, layout: str) -> dict[str, Placement]:
 
 # ---- loading -------------------------------------------------------------------------------------
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
-               device: str | torch.device = "auto", kernels: KernelSet | None = None
+               device: str | torch.device = "auto", kernels: KernelSet | str = "auto"
                ) -> GptOssModel:
-    """Read a checkpoint (folder or hub name) into a GptOssModel on `device`."""
+    """Read a checkpoint (folder or hub name) into a GptOssModel on `device`.
+
+    `kernels`: a KernelSet, or a preference for `choose_kernels` ("auto", "triton",
+    "reference"), decided once here and logged. On CUDA the weights' bytes are checked against
+    the free memory before anything is allocated; the model is then allocated on the device
+    and every checkpoint tensor is copied straight into its device tensor (one tensor at a
+    time on the host, never a full host copy).
+    """
     folder = resolve_checkpoint(str(name_or_path))
     ckpt = find_checkpoint(folder)
     config = read_config(ckpt)
     dev = resolve_device(device)
-    model = GptOssModel(config, resolve_dtype(dtype, dev), dev, kernels)
+    dt = resolve_dtype(dtype, dev)
+    if isinstance(kernels, str):
+        kernels = choose_kernels(dev, dt, kernels)
+    log.info("kernels: %s", kernels.description)
+    if dev.type == "cuda":
+        check_fits(model_bytes(config, dt), torch.cuda.mem_get_info(dev)[0], dev)
+    model = GptOssModel(config, dt, dev, kernels)
     load_weights(model, ckpt)
     log.info("loaded %s (%s layout) as %s on %s", folder, ckpt.layout, model.dtype, dev)
     return model.eval()
+
+
+def model_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
+    """Bytes of every tensor GptOssModel(config, dtype) holds (experts packed when the
+    checkpoint packs them), counted on the meta device without allocating anything."""
+    model = GptOssModel(config, dtype, "meta")
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def check_fits(needed: int, free: int, device: torch.device) -> None:
+    """StartupError naming both sizes when the weights cannot fit in the free memory."""
+    if needed > free:
+        raise StartupError(
+            f"not enough memory on {device} for the weights: they need {needed / GIB:.2f} GiB "
+            f"({needed} bytes), {free / GIB:.2f} GiB ({free} bytes) are free; use a GPU with "
+            "more memory, stop other processes on it, or serve a smaller model")
 
 
 def load_weights(model: GptOssModel, ckpt: CheckpointFiles) -> None:
