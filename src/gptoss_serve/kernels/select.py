@@ -32,6 +32,7 @@ class KernelSet:
     rms_norm: Callable = rms_norm_ref  # same signature as rms_norm_ref
     rope_kv_write: Callable = rope_kv_write_ref  # same signature as rope_kv_write_ref
     is_triton: bool = False
+    dense_experts: bool = False  # MoEBlock keeps experts dequantized (CPU, within a budget)
 
 
 def reference_kernels(reason: str = "") -> KernelSet:
@@ -52,6 +53,16 @@ def triton_kernels(why: str) -> KernelSet:
                      rms_norm_triton, rope_kv_write_triton, is_triton=True)
 
 
+def cpu_kernels(why: str) -> KernelSet:
+    """The CPU set: batched-decode/SDPA attention, grouped MoE over dequantized experts."""
+    from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
+    from gptoss_serve.kernels.moe_cpu import moe_cpu
+
+    return KernelSet(paged_attention_cpu, moe_cpu,
+                     "CPU attention (batched decode, SDPA prefill) and grouped MoE (experts "
+                     f"dequantized once where memory allows){why}", dense_experts=True)
+
+
 def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:
     """Names the GPU; raises StartupError for a GPU or dtype the Triton kernels cannot serve."""
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -68,7 +79,8 @@ def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:
 
 def choose_kernels(device: torch.device | str, dtype: torch.dtype,
                    prefer: str = "auto") -> KernelSet:
-    """Triton on CUDA (capability >= 8.0, triton importable), else the references.
+    """Triton on CUDA (capability >= 8.0, triton importable), the CPU set on CPU, else the
+    references.
 
     `prefer`: "auto" (the rule above), "triton" (a StartupError where Triton cannot run), or
     "reference" (debugging). The returned description says which path and why.
@@ -81,7 +93,7 @@ def choose_kernels(device: torch.device | str, dtype: torch.dtype,
     if device.type != "cuda":
         if prefer == "triton":
             raise StartupError(f"Triton kernels need a CUDA device, got {device}")
-        return reference_kernels(f"device is {device.type}")
+        return cpu_kernels(f": device is {device.type}")
     gpu = _check_cuda(device, dtype)
     try:
         return triton_kernels(f" on {gpu}")

@@ -14,6 +14,7 @@ from torch import nn
 from gptoss_serve.config import ModelConfig
 from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.kernels.moe import ExpertWeights
+from gptoss_serve.kernels.moe_cpu import claim_dense_experts, dequantize_lut
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
 from gptoss_serve.model.rope import Rotary, apply_rotary
@@ -51,6 +52,23 @@ class ExpertTensor(nn.Module):
         else:
             self.register_buffer("weight", torch.zeros(experts, rows, cols, dtype=dtype))
             self.blocks = self.scales = None
+
+    def dense_bytes(self, dtype: torch.dtype) -> int:
+        """Bytes of all experts of this projection dequantized to `dtype`."""
+        numel = self.blocks.numel() * 2 if self.blocks is not None else self.weight.numel()
+        return numel * torch.empty((), dtype=dtype).element_size()
+
+    def densify(self, dtype: torch.dtype) -> None:
+        """Replace packed MXFP4 by a dequantized `weight` in `dtype` (one expert at a time)."""
+        if self.blocks is None:
+            return
+        e, rows, groups, _ = self.blocks.shape
+        dense = torch.empty(e, rows, groups * BLOCK, dtype=dtype, device=self.blocks.device)
+        for i in range(e):
+            dense[i] = dequantize_lut(self.blocks[i], self.scales[i], dtype)
+        del self.weight
+        self.register_buffer("weight", dense)
+        self.blocks = self.scales = None
 
 
 class AttentionBlock(nn.Module):
@@ -108,6 +126,8 @@ class MoEBlock(nn.Module):
         self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
         self.mlp2_weight = ExpertTensor(e, h, i, c.experts_mxfp4, dtype)
         self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
+        self.num_layers = c.num_hidden_layers  # for the dense-experts memory budget
+        self.keep_packed = False  # set once the CPU budget refused a dequantized copy
 
     def experts(self) -> ExpertWeights:
         w1, w2 = self.mlp1_weight, self.mlp2_weight
@@ -115,8 +135,24 @@ class MoEBlock(nn.Module):
                              w1_blocks=w1.blocks, w1_scales=w1.scales, w2_blocks=w2.blocks,
                              w2_scales=w2.scales, w1=w1.weight, w2=w2.weight)
 
+    def maybe_densify(self) -> None:
+        """Kernel sets with `dense_experts` (CPU): dequantize the experts once, when all layers'
+        copies fit the budget of `moe_cpu.claim_dense_experts`; else keep them packed."""
+        w1, w2 = self.mlp1_weight, self.mlp2_weight
+        if self.keep_packed or w1.blocks is None:
+            return
+        dtype = self.mlp1_bias.dtype
+        layer = w1.dense_bytes(dtype) + w2.dense_bytes(dtype)
+        if claim_dense_experts(layer, layer * self.num_layers):
+            w1.densify(dtype)
+            w2.densify(dtype)
+        else:
+            self.keep_packed = True
+
     def mix(self, h: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         """The experts' output for the normed stream h (no residual add)."""
+        if kernels.dense_experts:
+            self.maybe_densify()
         return kernels.moe(h, self.gate.weight, self.gate.bias, self.experts(), self.top_k,
                            self.limit, self.alpha)
 

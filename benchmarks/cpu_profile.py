@@ -1,0 +1,108 @@
+"""Where the time goes on CPU: prefill and decode steps of a checkpoint through the real engine.
+
+Loads a checkpoint (e.g. `gptoss-serve make-checkpoint DIR --preset small`) with a chosen kernel
+set and dtype, then runs the engine step by step and reports: the prefill of one long prompt
+(TTFT of a lone request), and the decode step time at batch 1 and batch N (tokens/s). With
+`--profile` it also prints the torch profiler's top operators of a few decode steps.
+
+    .venv/bin/python benchmarks/cpu_profile.py DIR --kernels auto --dtype float32
+
+Owns nothing but this measurement; knows nothing of HTTP. Peer comparisons live in
+`benchmarks/cpu_compare.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+import torch
+
+from gptoss_serve.config import CacheConfig, SchedulerConfig
+from gptoss_serve.engine.engine import LLMEngine
+from gptoss_serve.engine.request import EngineRequest, SamplingParams
+from gptoss_serve.kernels.select import choose_kernels
+from gptoss_serve.model.weights import load_model, resolve_dtype
+
+
+def build_engine(path: str, kernels: str, dtype: str, max_seqs: int) -> LLMEngine:
+    dt = resolve_dtype(dtype, torch.device("cpu"))
+    kset = choose_kernels("cpu", dt, prefer=kernels)
+    print(f"kernels: {kset.description}")
+    model = load_model(path, dtype=dt, device="cpu", kernels=kset)
+    sched = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=2048)
+    return LLMEngine.from_model(model, CacheConfig(cpu_kv_cache_gib=0.5,
+                                                   enable_prefix_caching=False), sched)
+
+
+def add_prompts(engine: LLMEngine, n: int, prompt_len: int, out_len: int, tag: str) -> None:
+    rng = random.Random(0)
+    params = SamplingParams(max_tokens=out_len, ignore_eos=True, temperature=0.0)
+    for i in range(n):
+        ids = tuple(rng.randrange(1000, 190000) for _ in range(prompt_len))
+        engine.add_request(EngineRequest(f"{tag}-{i}", ids, params))
+
+
+def timed_steps(engine: LLMEngine) -> list[tuple[int, float]]:
+    """Step until done; (number of sequences that got a token, seconds) per step."""
+    steps = []
+    while engine.has_unfinished():
+        t0 = time.perf_counter()
+        outs = engine.step()
+        steps.append((sum(len(o.new_token_ids) for o in outs), time.perf_counter() - t0))
+    return steps
+
+
+def decode_rate(engine: LLMEngine, batch: int, prompt_len: int, out_len: int) -> dict:
+    add_prompts(engine, batch, prompt_len, out_len, f"d{batch}")
+    steps = timed_steps(engine)
+    decode = [dt for n, dt in steps if n == batch][1:]  # full-batch decode steps
+    step_s = statistics.median(decode)
+    return {"batch": batch, "step_ms": round(step_s * 1e3, 2),
+            "tok_per_s": round(batch / step_s, 1), "steps": len(decode)}
+
+
+def prefill_time(engine: LLMEngine, prompt_len: int) -> dict:
+    add_prompts(engine, 1, prompt_len, 1, f"p{prompt_len}")
+    steps = timed_steps(engine)
+    return {"prompt": prompt_len, "ttft_ms": round(sum(dt for _, dt in steps) * 1e3, 1)}
+
+
+def profile_decode(engine: LLMEngine, batch: int, rows: int) -> None:
+    add_prompts(engine, batch, 128, 8, "prof")
+    engine.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        while engine.has_unfinished():
+            engine.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--kernels", default="auto", choices=("auto", "reference"))
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefill", type=int, default=1024)
+    ap.add_argument("--batch", type=int, nargs="*", default=[1, 32])
+    ap.add_argument("--out-len", type=int, default=16)
+    ap.add_argument("--profile", type=int, default=0, metavar="BATCH")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = build_engine(args.model, args.kernels, args.dtype, max(args.batch + [1]))
+    add_prompts(engine, 1, 16, 2, "warm")
+    timed_steps(engine)
+    results: dict = {"kernels": args.kernels, "dtype": args.dtype, "threads": args.threads}
+    if args.prefill:
+        results["prefill"] = prefill_time(engine, args.prefill)
+    results["decode"] = [decode_rate(engine, b, 128, args.out_len) for b in args.batch]
+    print(json.dumps(results))
+    if args.profile:
+        profile_decode(engine, args.profile, 25)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Mixture-of-experts on CPU: tokens grouped per expert, experts kept dequantized when they fit.
+
+Same signature and maths as `kernels/moe.py: moe_ref` (its oracle). Differences are speed only:
+- the token/expert pairs are sorted by expert once; each used expert runs one matmul pair over
+  its contiguous rows (an `addmm` with the bias), and the weighted rows come back with one
+  `index_add_`: no per-token Python and one host sync per call (the per-expert counts);
+- dense experts (`ExpertWeights.w1/w2`, e.g. the copy `MoEBlock` keeps on CPU, see
+  `dense_experts_fit`) are used as they are, in the activation dtype; packed MXFP4 experts are
+  dequantized per step, only those used, with a byte-wise lookup table (`dequantize_lut`).
+
+Owns the CPU memory budget rule for dequantized experts. Knows nothing of modules or loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from gptoss_serve.kernels.moe import ExpertWeights, route, swiglu
+from gptoss_serve.model.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
+
+log = logging.getLogger(__name__)
+GIB = 1 << 30
+# Dequantized experts may use at most this share of the memory available at start-up, and at
+# most GPTOSS_CPU_DENSE_EXPERTS_GIB (default 16) GiB; otherwise experts stay packed.
+DENSE_EXPERTS_SHARE = 0.5
+_LUTS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+
+def byte_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[256, 2]: the two E2M1 values of each packed byte (low nibble first)."""
+    key = (str(device), dtype)
+    if key not in _LUTS:
+        codes = torch.arange(256)
+        table = torch.tensor(FP4_VALUES, dtype=torch.float32)
+        _LUTS[key] = torch.stack([table[codes & 15], table[codes >> 4]], -1).to(device, dtype)
+    return _LUTS[key]
+
+
+def dequantize_lut(blocks: torch.Tensor, scales: torch.Tensor,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Same result as `mxfp4.dequantize` (exact: E2M1 times a power of two), one gather per byte.
+
+    blocks [..., G, 16] uint8, scales [..., G] uint8 -> [..., G * 32] in `dtype`.
+    """
+    values = byte_lut(blocks.device, torch.float32)[blocks.long()]  # [..., G, 16, 2]
+    exp = (scales.to(torch.int32) - SCALE_BIAS).to(torch.float32)
+    scale = torch.ldexp(torch.ones_like(exp), exp)  # [..., G] float32
+    out = values.view(*blocks.shape[:-1], BLOCK) * scale.unsqueeze(-1)
+    return out.reshape(*blocks.shape[:-2], -1).to(dtype)
+
+
+def available_bytes() -> int:
+    """Memory the OS reports as available (MemAvailable), or 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def dense_experts_fit(total_bytes: int) -> bool:
+    """Whether a dequantized copy of all experts (`total_bytes`) fits the CPU budget."""
+    cap = float(os.environ.get("GPTOSS_CPU_DENSE_EXPERTS_GIB", "16")) * GIB
+    return total_bytes <= min(cap, DENSE_EXPERTS_SHARE * available_bytes())
+
+
+def _expert_weights(experts: ExpertWeights, e: int,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    if experts.is_mxfp4:
+        return (dequantize_lut(experts.w1_blocks[e], experts.w1_scales[e], dtype),
+                dequantize_lut(experts.w2_blocks[e], experts.w2_scales[e], dtype))
+    return experts.w1[e].to(dtype), experts.w2[e].to(dtype)
+
+
+def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
+            experts: ExpertWeights, top_k: int, swiglu_limit: float = 7.0,
+            swiglu_alpha: float = 1.702) -> torch.Tensor:
+    """y[t] = sum_k w[t,k] * expert_{e[t,k]}(x[t]); x [T, H] -> [T, H] in x's dtype."""
+    ids, weights = route(x, router_w, router_b, top_k)
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=experts.num_experts).tolist()
+    tok = order // top_k
+    xs = x[tok]
+    ys = torch.empty(xs.shape[0], experts.w2_bias.shape[-1], dtype=x.dtype, device=x.device)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        w1, w2 = _expert_weights(experts, e, x.dtype)
+        rows = slice(start, start + n)
+        u = torch.addmm(experts.w1_bias[e].to(x.dtype), xs[rows], w1.T)
+        a = swiglu(u, swiglu_limit, swiglu_alpha)
+        torch.addmm(experts.w2_bias[e].to(x.dtype), a, w2.T, out=ys[rows])
+        start += n
+    ys = ys.float() * weights.reshape(-1)[order].unsqueeze(-1)
+    out = torch.zeros(x.shape[0], ys.shape[1], dtype=torch.float32, device=x.device)
+    return out.index_add_(0, tok, ys).to(x.dtype)
+
+
+_CLAIMED = {"bytes": 0}
+_LOGGED: list[tuple[int, bool]] = []
+
+
+def claim_dense_experts(layer_bytes: int, total_bytes: int) -> bool:
+    """Whether one layer may keep its experts dequantized (`total_bytes` for all layers).
+
+    Bytes already claimed by earlier layers count as available, so every layer of a model
+    gets the same answer. The decision is logged once (it is a kernel choice).
+    """
+    fit = dense_experts_fit(total_bytes - _CLAIMED["bytes"]) if total_bytes else False
+    if (total_bytes, fit) not in _LOGGED:
+        _LOGGED.append((total_bytes, fit))
+        mib = total_bytes / (1 << 20)
+        if fit:
+            log.info("CPU MoE: experts kept dequantized (%.0f MiB for all layers; the packed "
+                     "MXFP4 copy is dropped)", mib)
+        else:
+            log.info("CPU MoE: experts stay packed MXFP4 (a dequantized copy needs %.0f MiB, over "
+                     "budget); each step dequantizes only the experts it uses", mib)
+    if fit:
+        _CLAIMED["bytes"] += layer_bytes
+    return fit

@@ -1,0 +1,66 @@
+"""CPU MoE (tokens grouped per expert, dense or packed experts) and the byte-table MXFP4
+dequantizer against the references `moe_ref` and `mxfp4.dequantize`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptoss_serve.kernels.moe import ExpertWeights, moe_ref
+from gptoss_serve.kernels.moe_cpu import dense_experts_fit, dequantize_lut, moe_cpu
+from gptoss_serve.model.mxfp4 import dequantize
+
+E, H, INTER = 7, 96, 64
+
+
+def _experts(g: torch.Generator, dense: bool) -> ExpertWeights:
+    def packed(rows, cols):
+        return (torch.randint(0, 256, (E, rows, cols // 32, 16), generator=g, dtype=torch.uint8),
+                torch.randint(121, 127, (E, rows, cols // 32), generator=g, dtype=torch.uint8))
+    (b1k, b1s), (b2k, b2s) = packed(2 * INTER, H), packed(H, INTER)
+    biases = dict(w1_bias=torch.randn(E, 2 * INTER, generator=g),
+                  w2_bias=torch.randn(E, H, generator=g) * 0.1)
+    if dense:
+        return ExpertWeights(w1=dequantize(b1k, b1s, torch.float32),
+                             w2=dequantize(b2k, b2s, torch.float32), **biases)
+    return ExpertWeights(w1_blocks=b1k, w1_scales=b1s, w2_blocks=b2k, w2_scales=b2s, **biases)
+
+
+@pytest.mark.parametrize("tokens,top_k,dense", [(1, 4, True), (1, 4, False), (5, 2, True),
+                                                (33, 4, False), (70, 3, True), (2, 1, False)])
+def test_moe_cpu_matches_reference(tokens, top_k, dense):
+    g = torch.Generator().manual_seed(tokens * 10 + top_k)
+    experts = _experts(g, dense)
+    x = torch.randn(tokens, H, generator=g)
+    rw, rb = torch.randn(E, H, generator=g), torch.randn(E, generator=g)
+    want = moe_ref(x, rw, rb, experts, top_k, 7.0, 1.702)
+    got = moe_cpu(x, rw, rb, experts, top_k, 7.0, 1.702)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_moe_cpu_bfloat16_close_to_reference():
+    g = torch.Generator().manual_seed(3)
+    experts = _experts(g, True)
+    x = torch.randn(9, H, generator=g).bfloat16()
+    rw, rb = torch.randn(E, H, generator=g).bfloat16(), torch.randn(E, generator=g).bfloat16()
+    want = moe_ref(x, rw, rb, experts, 4)
+    got = moe_cpu(x, rw, rb, experts, 4)
+    assert got.dtype == torch.bfloat16
+    scale = want.float().abs().max()
+    assert (got.float() - want.float()).abs().max() <= 0.03 * scale
+
+
+def test_dequantize_lut_is_exact():
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 5, 4, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(0, 255, (3, 5, 4), generator=g, dtype=torch.uint8)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(dequantize_lut(blocks, scales, dtype), dequantize(blocks, scales, dtype))
+
+
+def test_dense_experts_budget(monkeypatch):
+    monkeypatch.setenv("GPTOSS_CPU_DENSE_EXPERTS_GIB", "1")
+    assert dense_experts_fit(100 << 20)
+    assert not dense_experts_fit(2 << 30)
+    monkeypatch.setenv("GPTOSS_CPU_DENSE_EXPERTS_GIB", "0")
+    assert not dense_experts_fit(1)
