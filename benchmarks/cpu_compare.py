@@ -144,7 +144,7 @@ def run_served(peer: peers.Peer, cases: list[dict], logs: Path) -> dict:
     return result
 
 
-def run_transformers(ckpt: Path, cases: list[dict], cache: Path) -> dict:
+def run_transformers(ckpt: Path, cases: list[dict], cache: Path, timeout_s: float) -> dict:
     tok = get_tokenizer()
     spec = {"checkpoint": str(ckpt), "cases": cases, "greedy_prompts": greedy_prompts(tok),
             "greedy_tokens": GREEDY_TOKENS, "threads": 2}
@@ -154,11 +154,17 @@ def run_transformers(ckpt: Path, cases: list[dict], cache: Path) -> dict:
            str(out_path)]
     result: dict = {"peer": "transformers", "command": cmd, "env": {},
                     "note": "generate() in-process, bf16 (MXFP4 experts dequantized on load)"}
+    out_path.unlink(missing_ok=True)
     with (cache / "logs" / "transformers.log").open("w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+        try:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:  # subprocess.run kills the worker; keep its cases
+            rc = f"a timeout after {timeout_s:.0f} s"
     if rc != 0:
-        result["error"] = f"worker exited with {rc}; see {cache / 'logs/transformers.log'}"
-        return result
+        result["error"] = f"worker ended with {rc}; see {cache / 'logs/transformers.log'}"
+        if not out_path.exists():
+            return result
     out = json.loads(out_path.read_text())
     result["cases"], result["versions"] = out["cases"], out["versions"]
     result["greedy"] = [tok.decode(ids) for ids in out["greedy"]]
@@ -215,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default="ours,vllm,llamacpp,transformers")
     ap.add_argument("--cache", default=str(REPO / ".bench-cache"))
     ap.add_argument("--quick", action="store_true", help="fewer prompts per case")
+    ap.add_argument("--tf-timeout", type=float, default=900, help="transformers budget (s)")
     ap.add_argument("--no-docs", action="store_true", help="do not append to docs/benchmarks.md")
     args = ap.parse_args(argv)
     cache = Path(args.cache).resolve()
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.peers.split(","):
         print(f"== {name}", flush=True)
         if name == "transformers":
-            results.append(run_transformers(ckpts["mxfp4"], cases, cache))
+            results.append(run_transformers(ckpts["mxfp4"], cases, cache, args.tf_timeout))
             continue
         try:
             peer = peer_for(name, cache, ckpts, notes)

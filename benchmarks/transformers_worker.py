@@ -85,11 +85,13 @@ def main(spec_path: str, out_path: str) -> None:
         spec["checkpoint"], dtype=torch.bfloat16, quantization_config=Mxfp4Config(dequantize=True))
     model.eval()
     tok = get_tokenizer()
-    with torch.inference_mode():
-        greedy = greedy_ids(model, tok, spec["greedy_prompts"], spec["greedy_tokens"])
-        cases = [run_case(model, tok, c) for c in spec["cases"]]
     versions = {"transformers": __import__("transformers").__version__, "torch": torch.__version__}
-    Path(out_path).write_text(json.dumps({"cases": cases, "greedy": greedy, "versions": versions}))
+    out: dict = {"cases": [], "versions": versions}
+    with torch.inference_mode():
+        out["greedy"] = greedy_ids(model, tok, spec["greedy_prompts"], spec["greedy_tokens"])
+        for case in spec["cases"]:  # written after each case so that a timeout keeps the rest
+            out["cases"].append(run_case(model, tok, case))
+            Path(out_path).write_text(json.dumps(out))
 
 
 if __name__ == "__main__":
