@@ -123,3 +123,20 @@ def test_cuda_graph_decode_gives_the_tokens_of_eager_decode(checkpoint):
     assert eager.engine.runner.decode is None
     assert generate(graphs, prompts, params) == generate(eager, prompts, params)
     assert decode.steps > 5 and decode.padding_rows > 0
+
+
+def test_cli_flags_reach_the_engine_and_the_startup_log(checkpoint, monkeypatch):
+    from types import SimpleNamespace
+
+    from gptoss_serve import cli
+    from gptoss_serve.api import server
+
+    seen = {}
+    monkeypatch.setattr(server, "run_server", lambda opts: seen.setdefault("opts", opts) and 0)
+    assert cli.main(["serve", "--kernels", "reference", "--enforce-eager"]) == 0
+    assert seen["opts"].kernels == "reference" and seen["opts"].enforce_eager
+    llm = engine(checkpoint, "reference")
+    lines = server.describe(SimpleNamespace(engine=llm.engine, max_model_len=4096), "m", False)
+    text = "\n".join(lines)
+    assert "plain-torch reference" in text and "sequence(s) of 131072 tokens" in text
+    assert "decode step: eager (CUDA graphs need CUDA, device is cpu)" in text
