@@ -63,11 +63,12 @@ def generate(llm: LLM, prompts, params) -> list[list[int]]:
     return [o.token_ids for o in llm.generate(prompts, params)]
 
 
-def test_padded_decode_gives_the_tokens_of_the_plain_path(checkpoint):
+@pytest.mark.parametrize("kernels", ["reference", "auto"])  # auto: the CPU kernel set
+def test_padded_decode_gives_the_tokens_of_the_plain_path(checkpoint, kernels):
     prompts, params = workload(7, 12)
-    plain = engine(checkpoint, reference_kernels())
+    plain = engine(checkpoint, kernels)
     assert plain.engine.runner.decode is None  # CPU: no graphs, so no padded path by default
-    padded = engine(checkpoint, reference_kernels(), static_decode=True)
+    padded = engine(checkpoint, kernels, static_decode=True)
     decode = padded.engine.runner.decode
     assert decode is not None and not decode.graphs.enabled
     assert generate(padded, prompts, params) == generate(plain, prompts, params)
