@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         if name == "transformers":
             results.append(run_transformers(ckpts["mxfp4"], cases, cache, args.tf_timeout))
+            (cache / "compare-partial.json").write_text(json.dumps(results, indent=2))
             continue
         try:
             peer = peer_for(name, cache, ckpts, notes)
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"peer": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
         results.append(run_served(peer, cases, cache / "logs"))
+        (cache / "compare-partial.json").write_text(json.dumps(results, indent=2))
     run = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
            "versions": versions(cache), "cases": cases, "results": results, "notes": notes,
            "command": " ".join([".venv/bin/python", "benchmarks/cpu_compare.py", *sys.argv[1:]])}
