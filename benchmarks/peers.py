@@ -91,9 +91,10 @@ def llamacpp_peer(cache: Path, gguf: Path, port: int, parallel: int = 32) -> Pee
         return Peer("llama.cpp", cmd, {}, port, ignore_eos=False,
                     note="llama-server built by llama-cpp-python")
     cmd = [str(venv_python(cache, "llamacpp")), "-m", "llama_cpp.server", "--model", str(gguf),
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"]
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
+           "--interrupt_requests", "False"]  # default True: a new request cuts the running one
     return Peer("llama.cpp", cmd, {}, port, ignore_eos=False,
-                note="llama-cpp-python server (one request at a time)")
+                note="llama-cpp-python's server: one request at a time, others queue")
 
 
 def ours_peer(ckpt: Path, port: int) -> Peer:
