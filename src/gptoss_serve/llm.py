@@ -8,6 +8,7 @@ steps the engine until all prompts are done; knows nothing of HTTP or harmony.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,13 @@ class CompletionSequence:
     logprobs: list[TokenLogprob] | None  # one per token when asked for
 
 
-@dataclass
+@dataclass(eq=False)
 class GenerationOutput:
-    """The result for one prompt."""
+    """The result for one prompt.
+
+    It also reads as the sequence of the first sequence's generated token ids (`len`, iteration,
+    indexing, `== [ids...]`), so `llm.generate(...)` can be used as "the generated ids per prompt".
+    """
 
     request_id: str
     prompt_token_ids: list[int]
@@ -39,6 +44,24 @@ class GenerationOutput:
     def token_ids(self) -> list[int]:
         """The first sequence's generated token ids."""
         return self.outputs[0].token_ids
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.token_ids)
+
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        return self.token_ids[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GenerationOutput):
+            return (self.prompt_token_ids, self.outputs) == (other.prompt_token_ids, other.outputs)
+        if isinstance(other, list | tuple):
+            return self.token_ids == list(other)
+        return NotImplemented
+
+    __hash__ = None  # mutable
 
 
 def split_engine_kwargs(kwargs: dict[str, Any]) -> tuple[CacheConfig, SchedulerConfig]:
