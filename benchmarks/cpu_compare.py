@@ -216,6 +216,25 @@ def versions(cache: Path) -> dict[str, str]:
             "transformers": transformers.__version__, "torch": torch.__version__}
 
 
+def append_section(section: str, to_docs: bool) -> None:
+    print(section)
+    if to_docs:
+        with (REPO / "docs/benchmarks.md").open("a") as fh:
+            fh.write("\n" + section)
+
+
+def merge_runs(paths: list[Path], to_docs: bool) -> int:
+    """One section for several runs of the same cases (e.g. one peer re-run apart)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    merged = dict(runs[0])
+    merged["results"] = [r for run in runs for r in run["results"]]
+    merged["notes"] = [n for run in runs for n in run["notes"]] + [
+        f"Merged runs: {', '.join(run['date'] + ' (' + run['command'] + ')' for run in runs)}"]
+    merged["versions"] = {k: v for run in runs for k, v in run["versions"].items()}
+    append_section(markdown_section(merged), to_docs)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", default="ours,vllm,llamacpp,transformers")
@@ -223,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer prompts per case")
     ap.add_argument("--tf-timeout", type=float, default=900, help="transformers budget (s)")
     ap.add_argument("--no-docs", action="store_true", help="do not append to docs/benchmarks.md")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only write the section for earlier runs' compare-*.json files")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge_runs([Path(p) for p in args.merge], not args.no_docs)
     cache = Path(args.cache).resolve()
     (cache / "logs").mkdir(parents=True, exist_ok=True)
     ckpts, cases, notes, results = prepare_checkpoints(cache), case_dicts(args.quick), [], []
@@ -245,11 +268,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": " ".join([".venv/bin/python", "benchmarks/cpu_compare.py", *sys.argv[1:]])}
     stamp = run["date"].replace(":", "")
     (cache / f"compare-{stamp}.json").write_text(json.dumps(run, indent=2))
-    section = markdown_section(run)
-    print(section)
-    if not args.no_docs:
-        with (REPO / "docs/benchmarks.md").open("a") as fh:
-            fh.write("\n" + section)
+    append_section(markdown_section(run), not args.no_docs)
     return 0
 
 
