@@ -46,7 +46,7 @@ def test_resolve_dtype():
 
 
 def test_good_checkpoint_loads_with_experts_packed(good):
-    model = load_model(good, device="cpu")
+    model = load_model(good, device="cpu", kernels="reference")  # the CPU set densifies at load
     assert model.config.vocab_size == 512 and model.dtype == torch.float32
     mlp = model.block[0].mlp
     assert mlp.mlp1_weight.blocks.dtype == torch.uint8 and mlp.mlp1_weight.weight is None

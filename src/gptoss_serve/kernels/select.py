@@ -3,7 +3,8 @@ once at start-up.
 
 Owns the `KernelSet` contract. Every implementation has the signature of its plain-torch
 reference (`kernels/attention.py: paged_attention_ref`, `kernels/moe.py: moe_ref`,
-`kernels/norm.py: rms_norm_ref`, `kernels/rope_kv.py: rope_kv_write_ref`). Triton modules are
+`kernels/norm.py: rms_norm_ref`, `kernels/rope_kv.py: rope_kv_write_ref`,
+`kernels/logits.py: logits_ref`). Triton modules are
 imported only inside `choose_kernels`, so importing gptoss_serve never imports triton.
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from gptoss_serve.errors import StartupError
 from gptoss_serve.kernels.attention import paged_attention_ref
+from gptoss_serve.kernels.logits import logits_ref
 from gptoss_serve.kernels.moe import moe_ref
 from gptoss_serve.kernels.norm import rms_norm_ref
 from gptoss_serve.kernels.rope_kv import rope_kv_write_ref
@@ -33,6 +35,9 @@ class KernelSet:
     rope_kv_write: Callable = rope_kv_write_ref  # same signature as rope_kv_write_ref
     is_triton: bool = False
     dense_experts: bool = False  # MoEBlock keeps experts dequantized (CPU, within a budget)
+    logits: Callable = logits_ref  # same signature as logits_ref
+    unembedding_dtype: torch.dtype | None = None  # keep the unembedding in this dtype (else the
+    # model's): the CPU set keeps the checkpoint's bf16 and accumulates in float32
 
 
 def reference_kernels(reason: str = "") -> KernelSet:
@@ -54,13 +59,17 @@ def triton_kernels(why: str) -> KernelSet:
 
 
 def cpu_kernels(why: str) -> KernelSet:
-    """The CPU set: batched-decode/SDPA attention, grouped MoE over dequantized experts."""
+    """The CPU set: batched-decode/SDPA attention, grouped MoE over dequantized experts,
+    logits from a bf16 unembedding with float32 accumulation."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
+    from gptoss_serve.kernels.logits_cpu import bf16_logits_status, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
 
     return KernelSet(paged_attention_cpu, moe_cpu,
-                     "CPU attention (batched decode, SDPA prefill) and grouped MoE (experts "
-                     f"dequantized once where memory allows){why}", dense_experts=True)
+                     "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
+                     "dequantized once where memory allows), logits from the bf16 unembedding "
+                     f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
+                     unembedding_dtype=torch.bfloat16)
 
 
 def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:

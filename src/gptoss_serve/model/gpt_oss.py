@@ -188,14 +188,24 @@ class GptOssModel(nn.Module):
         self.requires_grad_(False)
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
-        """Allocate every tensor on `device`, zeroed: norms and sinks float32, MXFP4 uint8."""
+        """Allocate every tensor on `device`, zeroed: norms and sinks float32, MXFP4 uint8, the
+        unembedding in `kernels.unembedding_dtype` when the kernel set names one."""
         for module in self.modules():
             for name, t in list(module.named_parameters(recurse=False)):
                 keep32 = isinstance(module, RMSNorm) or name == "sinks"
-                new = torch.zeros(t.shape, dtype=torch.float32 if keep32 else dtype, device=device)
+                want = self.kernels.unembedding_dtype if module is self.unembedding else None
+                want = torch.float32 if keep32 else want or dtype
+                new = torch.zeros(t.shape, dtype=want, device=device)
                 setattr(module, name, nn.Parameter(new, requires_grad=False))
             for name, t in list(module.named_buffers(recurse=False)):
                 module.register_buffer(name, torch.zeros(t.shape, dtype=t.dtype, device=device))
+
+    def prepare_experts(self) -> None:
+        """After loading: kernel sets with `dense_experts` (CPU) dequantize the experts now, so
+        the first request does not pay for it (`MoEBlock.maybe_densify`)."""
+        if self.kernels.dense_experts:
+            for blk in self.block:
+                blk.mlp.maybe_densify()
 
     @property
     def device(self) -> torch.device:
@@ -237,4 +247,4 @@ class GptOssModel(nn.Module):
             x = blk.mlp.mix(h, self.kernels)
         rows = batch.logits_indices
         h, _ = self._norm(self.norm, x[rows], res[rows])
-        return self.unembedding(h).float()
+        return self.kernels.logits(h, self.unembedding.weight)

@@ -243,6 +243,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
         check_fits(model_bytes(config, dt), torch.cuda.mem_get_info(dev)[0], dev)
     model = GptOssModel(config, dt, dev, kernels)
     load_weights(model, ckpt)
+    model.prepare_experts()
     log.info("loaded %s (%s layout) as %s on %s", folder, ckpt.layout, model.dtype, dev)
     return model.eval()
 

@@ -1,0 +1,184 @@
+"""Logits on CPU from a bfloat16 unembedding with float32 accumulation.
+
+Same contract as `kernels/logits.py: logits_ref` (its oracle). The unembedding is the biggest
+read of a decode step (201088 rows); kept in bf16 (the checkpoint's dtype, so nothing is lost) it
+is half the bytes of a float32 copy. torch has no bf16-weight x float32-activation product on CPU,
+so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift) and
+multiplied into float32 accumulators, four vocabulary rows by two activation rows at a time, the
+vocabulary split over `torch.get_num_threads()` threads. Every logit is the same float32
+dot product whatever the batch, so a row's logits do not depend on its neighbours.
+
+The C source is compiled once with the system C compiler (under a second) into a cache folder
+(`GPTOSS_SERVE_CACHE`, default `~/.cache/gptoss-serve`) and loaded with ctypes; where that cannot
+happen (no compiler, no AVX2) the logits are computed in float32 chunks of the weight, upcast
+into a reused buffer. `bf16_logits_status()` says which, for the start-up log.
+Knows nothing of modules, loading or sampling.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from gptoss_serve.kernels.logits import logits_ref
+
+log = logging.getLogger(__name__)
+CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
+
+_C_SOURCE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline __m256 load8(const uint16_t *p) {  /* 8 bf16 -> 8 float32, exact */
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+#define ROW(k) w = load8(w##k + h); a##k = _mm256_fmadd_ps(w, p, a##k); \
+                 b##k = _mm256_fmadd_ps(w, q, b##k);
+
+/* out[m][0..3] = x[m] . w0..w3 for every m; x rows of h_dim floats, out rows ldo apart */
+static void four_rows(const float *x, const uint16_t *w0, float *out, long m_rows,
+                      long h_dim, long ldo) {
+    const uint16_t *w1 = w0 + h_dim, *w2 = w1 + h_dim, *w3 = w2 + h_dim;
+    for (long m = 0; m < m_rows; m += 2) {
+        const float *xa = x + m * h_dim, *xb = m + 1 < m_rows ? xa + h_dim : xa;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0, w;
+        for (long h = 0; h < h_dim; h += 8) {
+            __m256 p = _mm256_loadu_ps(xa + h), q = _mm256_loadu_ps(xb + h);
+            ROW(0) ROW(1) ROW(2) ROW(3)
+        }
+        float *o = out + m * ldo;
+        o[0] = hsum(a0); o[1] = hsum(a1); o[2] = hsum(a2); o[3] = hsum(a3);
+        if (m + 1 < m_rows) {
+            o += ldo;
+            o[0] = hsum(b0); o[1] = hsum(b1); o[2] = hsum(b2); o[3] = hsum(b3);
+        }
+    }
+}
+
+/* the same sums for a single row (the same order of operations as in four_rows) */
+static void one_row(const float *x, const uint16_t *w0, float *out, long m_rows,
+                    long h_dim, long ldo) {
+    for (long m = 0; m < m_rows; m++) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (long h = 0; h < h_dim; h += 8)
+            a0 = _mm256_fmadd_ps(load8(w0 + h), _mm256_loadu_ps(x + m * h_dim + h), a0);
+        out[m * ldo] = hsum(a0);
+    }
+}
+
+/* out[m * ldo + v] = sum_h x[m * h_dim + h] * w[v * h_dim + h] for v in [v0, v1);
+   h_dim % 8 == 0 */
+void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
+                 long v0, long v1, long ldo) {
+    long v = v0;
+    for (; v + 4 <= v1; v += 4)
+        four_rows(x, w + v * h_dim, out + v, m_rows, h_dim, ldo);
+    for (; v < v1; v++)
+        one_row(x, w + v * h_dim, out + v, m_rows, h_dim, ldo);
+}
+"""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GPTOSS_SERVE_CACHE", Path.home() / ".cache" / "gptoss-serve"))
+
+
+def _compile(target: Path) -> None:
+    """Build the shared library at `target` (atomically: compile to a temporary, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, lib = Path(tmp) / "bf16_logits.c", Path(tmp) / target.name
+        src.write_text(_C_SOURCE)
+        cmd = [os.environ.get("CC", "cc"), "-O3", "-mavx2", "-mfma", "-shared", "-fPIC",
+               "-o", str(lib), str(src)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        os.replace(lib, target)
+
+
+@functools.cache
+def _load() -> tuple[ctypes._CFuncPtr | None, str]:
+    """(the C function, how) or (None, why not); compiled on first use, then cached on disk."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return None, "no AVX2/FMA on this CPU"
+    digest = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"bf16_logits-{digest}.so"
+    try:
+        if not target.exists():
+            _compile(target)
+        fn = ctypes.CDLL(str(target)).bf16_logits
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        log.warning("bf16 logits kernel unavailable (%s %s); using upcast chunks", exc,
+                    detail.decode(errors="replace")[:300])
+        return None, f"C kernel unavailable ({type(exc).__name__})"
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5
+    return fn, f"AVX2 C kernel ({target})"
+
+
+def bf16_logits_status() -> str:
+    """One line for the start-up log: how bf16-weight logits are computed here."""
+    return _load()[1] if _load()[0] is not None else f"upcast chunks: {_load()[1]}"
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="logits")
+
+
+def _run_c(fn: ctypes._CFuncPtr, x: torch.Tensor, weight: torch.Tensor,
+           out: torch.Tensor) -> None:
+    """All logits, the vocabulary split over torch's intra-op thread count."""
+    (m, h), v = x.shape, weight.shape[0]
+    args = (x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h)
+    parts = max(1, min(torch.get_num_threads(), v // 1024))
+    step = (-(-v // parts) + 3) // 4 * 4
+    bounds = [(s, min(v, s + step)) for s in range(0, v, step)]
+    futures = [_pool(parts).submit(fn, *args, s, e, v) for s, e in bounds[1:]]
+    fn(*args, *bounds[0], v)
+    for f in futures:
+        f.result()
+
+
+def _chunked(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """The logits from weight chunks upcast to float32 into one reused buffer."""
+    buf = torch.empty(min(CHUNK_ROWS, weight.shape[0]), weight.shape[1], dtype=torch.float32)
+    for s in range(0, weight.shape[0], CHUNK_ROWS):
+        e = min(s + CHUNK_ROWS, weight.shape[0])
+        b = buf[:e - s]
+        b.copy_(weight[s:e])
+        torch.mm(x, b.T, out=out[:, s:e])
+
+
+def logits_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [S, H], weight [V, H] -> float32 logits [S, V]; fast for a bf16 weight."""
+    if weight.dtype != torch.bfloat16 or x.device.type != "cpu":
+        return logits_ref(x, weight)
+    x = x.float().contiguous()
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    fn = _load()[0]
+    if x.shape[0] == 0 or weight.shape[0] == 0:
+        return out
+    if fn is None or x.shape[1] % 8 or not weight.is_contiguous():
+        _chunked(x, weight, out)
+    else:
+        _run_c(fn, x, weight, out)
+    return out

@@ -1,0 +1,77 @@
+"""CPU logits from a bf16 unembedding (C kernel and upcast-chunk fallback) against float64 and
+against `logits_ref`; what the CPU kernel set does with the unembedding of a loaded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptoss_serve.config import ModelConfig
+from gptoss_serve.kernels import logits_cpu as lc
+from gptoss_serve.kernels.logits import logits_ref
+from gptoss_serve.kernels.select import choose_kernels
+from gptoss_serve.model.synthetic import write_checkpoint
+from gptoss_serve.model.weights import load_model
+
+
+def _inputs(v: int, h: int, m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(v, h, generator=g) / h ** 0.5).bfloat16()
+    return torch.randn(m, h, generator=g), weight
+
+
+def _exact(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (x.double() @ weight.double().T).float()
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("v,h,m", [(4099, 64, 1), (8190, 96, 3), (4, 8, 2), (3, 16, 1),
+                                   (5003, 72, 32), (1030, 40, 0), (2053, 20, 5)])
+def test_logits_cpu_matches_float64(threads, v, h, m):
+    x, weight = _inputs(v, h, m, v + m)
+    got = lc.logits_cpu(x, weight)
+    assert got.dtype == torch.float32 and got.shape == (m, v)
+    torch.testing.assert_close(got, _exact(x, weight), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, logits_ref(x, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_row_does_not_depend_on_batch(threads):
+    x, weight = _inputs(4101, 128, 7, 3)
+    batch = lc.logits_cpu(x, weight)
+    for i in (0, 3, 6):
+        assert torch.equal(lc.logits_cpu(x[i:i + 1], weight)[0], batch[i])
+
+
+def test_fallback_without_c_kernel(monkeypatch):
+    x, weight = _inputs(lc.CHUNK_ROWS + 77, 64, 3, 5)
+    monkeypatch.setattr(lc, "_load", lambda: (None, "test: no compiler"))
+    torch.testing.assert_close(lc.logits_cpu(x, weight), _exact(x, weight), atol=1e-5, rtol=1e-5)
+    assert "upcast chunks" in lc.bf16_logits_status()
+
+
+def test_non_bf16_weight_is_the_reference():
+    x, weight = _inputs(300, 64, 2, 9)
+    assert torch.equal(lc.logits_cpu(x, weight.float()), logits_ref(x, weight.float()))
+    assert logits_ref(x.bfloat16(), weight).dtype == torch.float32
+
+
+def test_cpu_set_keeps_unembedding_bf16(tmp_path):
+    write_checkpoint(tmp_path, "tiny", seed=1, vocab_size=3001)
+    config = ModelConfig.from_file(tmp_path / "config.json")
+    fast = load_model(tmp_path, "float32", "cpu", choose_kernels("cpu", torch.float32))
+    ref = load_model(tmp_path, "float32", "cpu", "reference")
+    assert fast.unembedding.weight.dtype == torch.bfloat16
+    assert ref.unembedding.weight.dtype == torch.float32
+    assert torch.equal(fast.unembedding.weight.float(), ref.unembedding.weight)
+    assert all(b.mlp.mlp1_weight.blocks is None for b in fast.block)  # densified at load
+    h = torch.randn(5, config.hidden_size)
+    torch.testing.assert_close(fast.kernels.logits(h, fast.unembedding.weight),
+                               ref.kernels.logits(h, ref.unembedding.weight),
+                               atol=1e-5, rtol=1e-5)
