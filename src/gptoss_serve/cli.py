@@ -45,11 +45,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--kernels", default="auto", choices=["auto", "triton", "reference"],
       help="auto: Triton on CUDA (sm_80+), references elsewhere; reference: plain torch")
     a("--enforce-eager", action="store_true", help="no CUDA graphs for the decode step")
+    a("--threads", type=_positive_int, default=None,
+      help="torch intra-op threads in the server (default: torch's, one per core); on a CPU "
+      "shared with other work, fewer threads than cores avoid waiting for busy cores")
     a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
     a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
     p.set_defaults(func=_run_serve)
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _current_date(value: str) -> str | None:
@@ -88,7 +97,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,
         device=args.device, server=server, tiny_dir=tiny, kernels=args.kernels,
-        enforce_eager=args.enforce_eager,
+        enforce_eager=args.enforce_eager, threads=args.threads,
         cache=CacheConfig(kv_cache_memory_gib=args.kv_cache_memory),
         sched=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                               max_num_batched_tokens=args.max_num_batched_tokens),

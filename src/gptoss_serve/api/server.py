@@ -36,6 +36,7 @@ class ServeOptions:
     tiny_dir: Path  # where the tiny checkpoint is built on first use
     kernels: str = "auto"  # auto | triton | reference (kernels/select.py)
     enforce_eager: bool = False  # no CUDA graphs for the decode step
+    threads: int | None = None  # torch intra-op threads; None: torch's default (one per core)
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -124,6 +125,11 @@ def run_server(opts: ServeOptions) -> int:
     if random_weights:
         log.warning("no --model given: serving a tiny RANDOM checkpoint from %s", model)
     name = served_name(model, opts.served_model_name)
+    import torch
+
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    log.info("torch intra-op threads: %d", torch.get_num_threads())
     engine = AsyncEngine.from_config(
         model, dtype=opts.dtype, device=opts.device, cache=opts.cache, sched=opts.sched,
         kernels=opts.kernels, cuda_graphs=not opts.enforce_eager,
