@@ -155,3 +155,40 @@ def test_one_host_sync_per_batch(monkeypatch):
     rows_ = [SamplingRow(p, noise_key(i, 0, 0), [1, 2, 2], (4,)) for i, p in enumerate(mixed)]
     Sampler().sample(random_logits(3), rows_)
     assert calls == ["tolist"]
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 8.0])
+def test_candidate_truncation_equals_full_sort(monkeypatch, scale):
+    """The CPU path over each row's best logits (exact, with a full-sort fallback) masks exactly
+    what sorting the whole vocabulary masks, for every mix of top-k, top-p and min-p."""
+    from gptoss_serve.engine import sampler as sampler_mod
+
+    vocab = 4000
+    scaled = torch.randn(12, vocab, generator=torch.Generator().manual_seed(7)) * scale
+    scaled[3, 17] = float("-inf")  # a banned token
+    mixes = [dict(top_p=0.9), dict(top_p=0.5, top_k=40), dict(top_k=7), dict(min_p=0.05),
+             dict(min_p=0.2, top_p=0.95), dict(top_p=0.99), dict(), dict(top_k=3, min_p=0.5),
+             dict(top_p=0.3), dict(top_p=1.0, min_p=0.01), dict(top_p=0.8, top_k=100),
+             dict(top_p=0.999)]
+    rows_ = [SamplingRow(SamplingParams(temperature=1.0, **m), 0) for m in mixes]
+    calls = []
+    original = sampler_mod._truncate_top
+
+    def spy(scaled, width, limits):
+        out, closed, reach = original(scaled, width, limits)
+        calls.append((width, int(closed.sum())))
+        return out, closed, reach
+
+    monkeypatch.setattr(sampler_mod, "_truncate_top", spy)
+    monkeypatch.setattr(sampler_mod, "TOP_CANDIDATES", 200)
+    fast = Sampler()._truncate(scaled, rows_)
+    monkeypatch.setattr(sampler_mod, "TOP_CANDIDATES", vocab)  # too wide: always sorts
+    full = Sampler()._truncate(scaled, rows_)
+    assert calls[0][0] == 200 and (scale != 8.0 or calls == [(200, 12)])
+    assert scale != 0.3 or calls == [(200, 7)]  # flat rows: only top-k or no top-p are exact
+    assert torch.equal(torch.isfinite(fast), torch.isfinite(full))
+    assert torch.equal(fast[torch.isfinite(fast)], full[torch.isfinite(full)])
+    monkeypatch.setattr(sampler_mod, "TOP_CANDIDATES", 200)
+    for i in range(len(mixes)):  # each row alone: the candidate path where it can, same mask
+        alone = Sampler()._truncate(scaled[i:i + 1], rows_[i:i + 1])
+        assert torch.equal(torch.isfinite(alone[0]), torch.isfinite(full[i]))

@@ -22,6 +22,8 @@ from gptoss_serve.engine.request import SamplingParams, TokenLogprob
 from gptoss_serve.engine.sequence import SampledToken
 
 MAX_TOP_LOGPROBS = 20
+TOP_CANDIDATES = 1024  # CPU truncation looks at this many best logits first (see _truncate)
+WIDEN = 16  # then at this many times more, where that can be enough
 _M32 = 0xFFFFFFFF
 _M64 = 0xFFFFFFFFFFFFFFFF
 
@@ -70,6 +72,77 @@ def _mix32_i32(x: torch.Tensor) -> torch.Tensor:
         if factor:
             x.mul_(factor)
     return x
+
+
+def _top_k_min_p(srt: torch.Tensor, k: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Mask of sorted logits [R, C] outside top-k or below min-p (p_i < min_p * p_max)."""
+    rank = torch.arange(srt.shape[1], device=srt.device)[None, :]
+    return (rank >= k) | ((srt - srt[:, :1]).exp() < min_p)
+
+
+def _top_p(kept: torch.Tensor, mask: torch.Tensor, p: torch.Tensor) -> None:
+    """Adds to `mask` the tokens after the nucleus: the probability mass before them (`kept`,
+    sorted, renormalised over the survivors of top-k and min-p) exceeds p. Keeps the best, and
+    every token of rows with p >= 1 (a float cumsum can pass 1.0 before the last token)."""
+    mask |= ((kept.cumsum(dim=-1) - kept) > p) & (p < 1)
+    mask[:, 0] = False
+
+
+def _truncate_sorted(scaled: torch.Tensor, limits: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """`Sampler._truncate` by sorting whole rows; limits: (top_k, top_p, min_p) [R, 1] each."""
+    srt, idx = scaled.sort(dim=-1, descending=True)
+    mask = _top_k_min_p(srt, limits[0], limits[2])
+    kept = torch.softmax(srt.masked_fill(mask, float("-inf")), dim=-1)
+    _top_p(kept, mask, limits[1])
+    return torch.empty_like(scaled).scatter_(1, idx, srt.masked_fill(mask, float("-inf")))
+
+
+def _truncate_rows(scaled: torch.Tensor, limits: tuple[torch.Tensor, ...],
+                   width: int) -> torch.Tensor:
+    """`_truncate_top` at `width`, then `WIDEN` times wider, then `_truncate_sorted` for the
+    rows whose kept set may reach past their candidates."""
+    if width > scaled.shape[1] // 8:
+        return _truncate_sorted(scaled, limits)
+    out, closed, reach = _truncate_top(scaled, width, limits)
+    if bool(closed.all()):
+        return out
+    # `reach` bounds the mass of WIDEN x more candidates (none is likelier than the first left
+    # out): rows without min-p that cannot reach top_p that way go straight to the full sort
+    wider = ~closed & ((reach > limits[1]) | (limits[2] > 0))
+    for rows, w in ((wider, width * WIDEN), (~closed & ~wider, scaled.shape[1])):
+        todo = rows.nonzero()[:, 0]
+        if len(todo):
+            out[todo] = _truncate_rows(scaled[todo], tuple(t[todo] for t in limits), w)
+    return out
+
+
+def _truncate_top(scaled: torch.Tensor, width: int, limits: tuple[torch.Tensor, ...]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_truncate_sorted` over each row's `width` best logits; [R, 1] whether that is exact
+    for the row (top_k <= width, or only min-p applies: a whole-row mask, no ranks, or min-p
+    drops the next logit, or the candidates' kept mass already exceeds top_p); and [R, 1] an
+    upper bound of the kept mass of `WIDEN` times more candidates."""
+    k, p, min_p = limits
+    top, idx = scaled.topk(width + 1, dim=-1)
+    srt, probe = top[:, :width], top[:, width:]
+    mask = _top_k_min_p(srt, k, min_p)
+    whole = (scaled - srt[:, :1]).exp_()  # the normaliser: every survivor of min-p in the row,
+    below = whole < min_p  # or only the candidates where top-k bounds the survivors
+    whole = whole.masked_fill_(below, 0).sum(-1, keepdim=True)
+    cand = (srt - srt[:, :1]).exp_().masked_fill_(mask, 0)
+    bounded = k <= width
+    norm = torch.where(bounded, cand.sum(-1, keepdim=True), whole)
+    kept = cand / norm
+    mass = kept.sum(-1, keepdim=True)
+    reach = mass + (WIDEN - 1) * width * (probe - srt[:, :1]).exp() / norm
+    _top_p(kept, mask, p)
+    free = ~bounded & (p >= 1)
+    closed = bounded | free | ((probe - srt[:, :1]).exp() < min_p) | (mass > p)
+    out = torch.full_like(scaled, float("-inf"))
+    out.scatter_(1, idx[:, :width], srt.masked_fill(mask, float("-inf")))
+    if bool(free.any()):
+        out = torch.where(free, scaled.masked_fill(below, float("-inf")), out)
+    return out, closed, reach
 
 
 class Sampler:
@@ -132,22 +205,25 @@ class Sampler:
         return greedy.index_copy(0, sel, gumbel.add_(scaled).argmax(dim=-1))
 
     def _truncate(self, scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        """Mask (to -inf) what top-k, top-p and min-p exclude; the best token always survives."""
+        """Mask (to -inf) what top-k, top-p and min-p exclude; the best token always survives.
+
+        On CPU each row is first cut to its best `TOP_CANDIDATES` logits (or its top_k) with
+        `topk`, which is exact when the row's kept set lies inside them (checked); rows where it
+        may not are retried `WIDEN` times wider, then sorted in full. Other devices sort every
+        row (there the check would be a host sync).
+        """
         vocab = scaled.shape[1]
         ks = [r.params.top_k if r.params.top_k > 0 else vocab for r in rows]
         ps = [r.params.top_p for r in rows]
         mins = [r.params.min_p for r in rows]
         if all(k >= vocab for k in ks) and all(p >= 1 for p in ps) and not any(mins):
             return scaled
-        srt, idx = scaled.sort(dim=-1, descending=True)
-        probs = torch.softmax(srt, dim=-1)
-        rank = torch.arange(vocab, device=scaled.device)[None, :]
-        mask = rank >= self._f32(scaled, ks)[:, None]
-        mask |= probs < self._f32(scaled, mins)[:, None] * probs[:, :1]
-        kept = torch.softmax(srt.masked_fill(mask, float("-inf")), dim=-1)
-        mask |= (kept.cumsum(dim=-1) - kept) > self._f32(scaled, ps)[:, None]
-        mask[:, 0] = False
-        return torch.empty_like(scaled).scatter_(1, idx, srt.masked_fill(mask, float("-inf")))
+        limits = (self._f32(scaled, ks)[:, None], self._f32(scaled, ps)[:, None],
+                  self._f32(scaled, mins)[:, None])
+        if scaled.device.type != "cpu":
+            return _truncate_sorted(scaled, limits)
+        width = max([TOP_CANDIDATES] + [k for k in ks if k < vocab])
+        return _truncate_rows(scaled, limits, width)
 
     def _uniform(self, rows: list[SamplingRow], vocab: int, device: torch.device) -> torch.Tensor:
         """Uniform (0, 1) noise [len(rows), vocab], a pure function of each row's key."""
