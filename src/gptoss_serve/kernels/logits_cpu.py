@@ -3,10 +3,11 @@
 Same contract as `kernels/logits.py: logits_ref` (its oracle). The unembedding is the biggest
 read of a decode step (201088 rows); kept in bf16 (the checkpoint's dtype, so nothing is lost) it
 is half the bytes of a float32 copy. torch has no bf16-weight x float32-activation product on CPU,
-so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift) and
-multiplied into float32 accumulators, four vocabulary rows by two activation rows at a time, the
-vocabulary split over `torch.get_num_threads()` threads. Every logit is the same float32
-dot product whatever the batch, so a row's logits do not depend on its neighbours.
+so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift),
+four vocabulary rows at a time into an L1 buffer, and multiplied into float32 accumulators three
+activation rows at a time, the vocabulary split over `torch.get_num_threads()` threads. Every
+logit is the same float32 dot product whatever the batch, so a row's logits do not depend on its
+neighbours.
 
 The C source is compiled once with the system C compiler (under a second) into a cache folder
 (`GPTOSS_SERVE_CACHE`, default `~/.cache/gptoss-serve`) and loaded with ctypes; where that cannot
@@ -49,27 +50,32 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
 
-#define ROW(k) w = load8(w##k + h); a##k = _mm256_fmadd_ps(w, p, a##k); \
-                 b##k = _mm256_fmadd_ps(w, q, b##k);
+#define ROW(k) w = _mm256_loadu_ps(f##k + h); a##k = _mm256_fmadd_ps(w, p, a##k); \
+                 b##k = _mm256_fmadd_ps(w, q, b##k); c##k = _mm256_fmadd_ps(w, r, c##k);
+#define STORE(acc) o[0] = hsum(acc##0); o[1] = hsum(acc##1); o[2] = hsum(acc##2); \
+                   o[3] = hsum(acc##3);
 
-/* out[m][0..3] = x[m] . w0..w3 for every m; x rows of h_dim floats, out rows ldo apart */
+/* out[m][0..3] = x[m] . w0..w3 for every m (x rows of h_dim floats, out rows ldo apart):
+   the four rows widened once into buf, then three x rows at a time */
 static void four_rows(const float *x, const uint16_t *w0, float *out, long m_rows,
-                      long h_dim, long ldo) {
-    const uint16_t *w1 = w0 + h_dim, *w2 = w1 + h_dim, *w3 = w2 + h_dim;
-    for (long m = 0; m < m_rows; m += 2) {
-        const float *xa = x + m * h_dim, *xb = m + 1 < m_rows ? xa + h_dim : xa;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0, w;
+                      long h_dim, long ldo, float *buf) {
+    for (long i = 0; i < 4 * h_dim; i += 8)
+        _mm256_storeu_ps(buf + i, load8(w0 + i));
+    const float *f0 = buf, *f1 = f0 + h_dim, *f2 = f1 + h_dim, *f3 = f2 + h_dim;
+    for (long m = 0; m < m_rows; m += 3) {
+        const float *xa = x + m * h_dim;
+        const float *xb = m + 1 < m_rows ? xa + h_dim : xa, *xc = m + 2 < m_rows ? xb + h_dim : xa;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0;
+        __m256 b3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0, w;
         for (long h = 0; h < h_dim; h += 8) {
             __m256 p = _mm256_loadu_ps(xa + h), q = _mm256_loadu_ps(xb + h);
+            __m256 r = _mm256_loadu_ps(xc + h);
             ROW(0) ROW(1) ROW(2) ROW(3)
         }
         float *o = out + m * ldo;
-        o[0] = hsum(a0); o[1] = hsum(a1); o[2] = hsum(a2); o[3] = hsum(a3);
-        if (m + 1 < m_rows) {
-            o += ldo;
-            o[0] = hsum(b0); o[1] = hsum(b1); o[2] = hsum(b2); o[3] = hsum(b3);
-        }
+        STORE(a)
+        if (m + 1 < m_rows) { o += ldo; STORE(b) }
+        if (m + 2 < m_rows) { o += ldo; STORE(c) }
     }
 }
 
@@ -88,9 +94,10 @@ static void one_row(const float *x, const uint16_t *w0, float *out, long m_rows,
    h_dim % 8 == 0 */
 void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
                  long v0, long v1, long ldo) {
+    float buf[4 * h_dim];
     long v = v0;
     for (; v + 4 <= v1; v += 4)
-        four_rows(x, w + v * h_dim, out + v, m_rows, h_dim, ldo);
+        four_rows(x, w + v * h_dim, out + v, m_rows, h_dim, ldo, buf);
     for (; v < v1; v++)
         one_row(x, w + v * h_dim, out + v, m_rows, h_dim, ldo);
 }
