@@ -10,6 +10,7 @@ from gptoss_serve.config import ModelConfig
 from gptoss_serve.kernels import logits_cpu as lc
 from gptoss_serve.kernels.logits import logits_ref
 from gptoss_serve.kernels.select import choose_kernels
+from gptoss_serve.model.mxfp4 import dequantize
 from gptoss_serve.model.synthetic import write_checkpoint
 from gptoss_serve.model.weights import load_model
 
@@ -70,7 +71,11 @@ def test_cpu_set_keeps_unembedding_bf16(tmp_path):
     assert fast.unembedding.weight.dtype == torch.bfloat16
     assert ref.unembedding.weight.dtype == torch.float32
     assert torch.equal(fast.unembedding.weight.float(), ref.unembedding.weight)
-    assert all(b.mlp.mlp1_weight.blocks is None for b in fast.block)  # densified at load
+    for fb, rb in zip(fast.block, ref.block, strict=True):  # densified to bf16 at load, exactly
+        assert fb.mlp.mlp1_weight.blocks is None
+        assert fb.mlp.mlp1_weight.weight.dtype == torch.bfloat16
+        want = dequantize(rb.mlp.mlp2_weight.blocks, rb.mlp.mlp2_weight.scales, torch.float32)
+        assert torch.equal(fb.mlp.mlp2_weight.weight.float(), want)
     h = torch.randn(5, config.hidden_size)
     torch.testing.assert_close(fast.kernels.logits(h, fast.unembedding.weight),
                                ref.kernels.logits(h, ref.unembedding.weight),

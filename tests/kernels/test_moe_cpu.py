@@ -64,3 +64,24 @@ def test_dense_experts_budget(monkeypatch):
     assert not dense_experts_fit(2 << 30)
     monkeypatch.setenv("GPTOSS_CPU_DENSE_EXPERTS_GIB", "0")
     assert not dense_experts_fit(1)
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 40])  # 40 * top-2 / 7 experts: some above 8 rows
+def test_moe_cpu_with_bf16_dense_experts(tokens, monkeypatch):
+    """The CPU set's experts: MXFP4 values held exactly in bf16, float32 accumulation (the bf16
+    kernel for few rows per expert, an upcast matmul for many)."""
+    from gptoss_serve.kernels import moe_cpu as mod
+
+    monkeypatch.setattr(mod, "BF16_KERNEL_ROWS", 8)
+    g = torch.Generator().manual_seed(tokens)
+    packed = _experts(g, dense=False)
+    w1 = dequantize(packed.w1_blocks, packed.w1_scales, torch.bfloat16)
+    w2 = dequantize(packed.w2_blocks, packed.w2_scales, torch.bfloat16)
+    assert torch.equal(w1.float(), dequantize(packed.w1_blocks, packed.w1_scales, torch.float32))
+    dense = ExpertWeights(w1=w1, w2=w2, w1_bias=packed.w1_bias, w2_bias=packed.w2_bias)
+    x = torch.randn(tokens, H, generator=g)
+    rw, rb = torch.randn(E, H, generator=g), torch.randn(E, generator=g)
+    want = moe_ref(x, rw, rb, packed, 2, 7.0, 1.702)
+    scale = want.abs().max().item()  # float32 sums in another order: relative to the output
+    torch.testing.assert_close(moe_cpu(x, rw, rb, dense, 2, 7.0, 1.702), want,
+                               atol=2e-5 * scale, rtol=1e-4)

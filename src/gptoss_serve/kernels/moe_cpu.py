@@ -5,7 +5,9 @@ Same signature and maths as `kernels/moe.py: moe_ref` (its oracle). Differences 
   its contiguous rows (an `addmm` with the bias), and the weighted rows come back with one
   `index_add_`: no per-token Python and one host sync per call (the per-expert counts);
 - dense experts (`ExpertWeights.w1/w2`, e.g. the copy `MoEBlock` keeps on CPU, see
-  `dense_experts_fit`) are used as they are, in the activation dtype; packed MXFP4 experts are
+  `dense_experts_fit`) are used as they are: in the activation dtype, or in bf16 (the CPU set's
+  choice: exact for MXFP4 values, half the bytes) through the bf16-weight kernel of
+  `kernels/logits_cpu.py` with float32 accumulation; packed MXFP4 experts are
   dequantized per step, only those used, with a byte-wise lookup table (`dequantize_lut`).
 
 Owns the CPU memory budget rule for dequantized experts. Knows nothing of modules or loading.
@@ -18,6 +20,7 @@ import os
 
 import torch
 
+from gptoss_serve.kernels.logits_cpu import logits_cpu
 from gptoss_serve.kernels.moe import ExpertWeights, route, swiglu
 from gptoss_serve.model.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
 
@@ -26,6 +29,7 @@ GIB = 1 << 30
 # Dequantized experts may use at most this share of the memory available at start-up, and at
 # most GPTOSS_CPU_DENSE_EXPERTS_GIB (default 16) GiB; otherwise experts stay packed.
 DENSE_EXPERTS_SHARE = 0.5
+BF16_KERNEL_ROWS = 64  # bf16 dense experts: tokens per expert up to which the C kernel runs
 _LUTS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
 
@@ -75,7 +79,20 @@ def _expert_weights(experts: ExpertWeights, e: int,
     if experts.is_mxfp4:
         return (dequantize_lut(experts.w1_blocks[e], experts.w1_scales[e], dtype),
                 dequantize_lut(experts.w2_blocks[e], experts.w2_scales[e], dtype))
-    return experts.w1[e].to(dtype), experts.w2[e].to(dtype)
+    return experts.w1[e], experts.w2[e]
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T + bias in x's dtype. A bf16 `w` under float32 rows (the CPU set's dense experts)
+    goes through the bf16-weight kernel of `logits_cpu` for a few rows (it reads half the bytes)
+    and is upcast for many (then the matmul's arithmetic dominates)."""
+    if w.dtype == x.dtype:
+        return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
+    if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
+        return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
+    y = logits_cpu(x, w).add_(bias)
+    return y if out is None else out.copy_(y)
 
 
 def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
@@ -95,9 +112,9 @@ def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
             continue
         w1, w2 = _expert_weights(experts, e, x.dtype)
         rows = slice(start, start + n)
-        u = torch.addmm(experts.w1_bias[e].to(x.dtype), xs[rows], w1.T)
+        u = _linear(xs[rows], w1, experts.w1_bias[e])
         a = swiglu(u, swiglu_limit, swiglu_alpha)
-        torch.addmm(experts.w2_bias[e].to(x.dtype), a, w2.T, out=ys[rows])
+        _linear(a, w2, experts.w2_bias[e], out=ys[rows])
         start += n
     ys = ys.float() * weights.reshape(-1)[order].unsqueeze(-1)
     out = torch.zeros(x.shape[0], ys.shape[1], dtype=torch.float32, device=x.device)

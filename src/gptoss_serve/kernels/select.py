@@ -35,6 +35,7 @@ class KernelSet:
     rope_kv_write: Callable = rope_kv_write_ref  # same signature as rope_kv_write_ref
     is_triton: bool = False
     dense_experts: bool = False  # MoEBlock keeps experts dequantized (CPU, within a budget)
+    expert_dtype: torch.dtype | None = None  # dtype of those experts (else the model's)
     logits: Callable = logits_ref  # same signature as logits_ref
     unembedding_dtype: torch.dtype | None = None  # keep the unembedding in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16 and accumulates in float32
@@ -59,8 +60,8 @@ def triton_kernels(why: str) -> KernelSet:
 
 
 def cpu_kernels(why: str) -> KernelSet:
-    """The CPU set: batched-decode/SDPA attention, grouped MoE over dequantized experts,
-    logits from a bf16 unembedding with float32 accumulation."""
+    """The CPU set: batched-decode/SDPA attention, grouped MoE over experts dequantized to bf16
+    (exact for MXFP4), logits from a bf16 unembedding; both accumulate in float32."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
     from gptoss_serve.kernels.logits_cpu import bf16_logits_status, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
@@ -69,7 +70,7 @@ def cpu_kernels(why: str) -> KernelSet:
                      "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
                      "dequantized once where memory allows), logits from the bf16 unembedding "
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
-                     unembedding_dtype=torch.bfloat16)
+                     unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16)
 
 
 def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:

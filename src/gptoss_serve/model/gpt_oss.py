@@ -135,13 +135,14 @@ class MoEBlock(nn.Module):
                              w1_blocks=w1.blocks, w1_scales=w1.scales, w2_blocks=w2.blocks,
                              w2_scales=w2.scales, w1=w1.weight, w2=w2.weight)
 
-    def maybe_densify(self) -> None:
-        """Kernel sets with `dense_experts` (CPU): dequantize the experts once, when all layers'
-        copies fit the budget of `moe_cpu.claim_dense_experts`; else keep them packed."""
+    def maybe_densify(self, dtype: torch.dtype | None = None) -> None:
+        """Kernel sets with `dense_experts` (CPU): dequantize the experts once (to `dtype`, else
+        the model's), when all layers' copies fit the budget of
+        `moe_cpu.claim_dense_experts`; else keep them packed."""
         w1, w2 = self.mlp1_weight, self.mlp2_weight
         if self.keep_packed or w1.blocks is None:
             return
-        dtype = self.mlp1_bias.dtype
+        dtype = dtype or self.mlp1_bias.dtype
         layer = w1.dense_bytes(dtype) + w2.dense_bytes(dtype)
         if claim_dense_experts(layer, layer * self.num_layers):
             w1.densify(dtype)
@@ -152,7 +153,7 @@ class MoEBlock(nn.Module):
     def mix(self, h: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         """The experts' output for the normed stream h (no residual add)."""
         if kernels.dense_experts:
-            self.maybe_densify()
+            self.maybe_densify(kernels.expert_dtype)
         return kernels.moe(h, self.gate.weight, self.gate.bias, self.experts(), self.top_k,
                            self.limit, self.alpha)
 
@@ -205,7 +206,7 @@ class GptOssModel(nn.Module):
         the first request does not pay for it (`MoEBlock.maybe_densify`)."""
         if self.kernels.dense_experts:
             for blk in self.block:
-                blk.mlp.maybe_densify()
+                blk.mlp.maybe_densify(self.kernels.expert_dtype)
 
     @property
     def device(self) -> torch.device:
