@@ -91,8 +91,9 @@ def test_padding_rows_leave_the_cache_alone(checkpoint, kernels):
     c = model.config
     kv = KVCache.allocate([c.is_sliding(n) for n in range(c.num_hidden_layers)], 12, 12, 4,
                           c.num_key_value_heads, c.head_dim, torch.float32, "cpu")
+    g = torch.Generator().manual_seed(3)
     for t in kv.k + kv.v:
-        t.normal_()
+        t.normal_(generator=g)
     before = [t.clone() for t in kv.k + kv.v]
     # three decodes (positions 4, 13, 2; window 8) padded to 4 rows: their slots are the only
     # writes, in both pools (block ids are per pool, the same numbers here)
@@ -110,7 +111,8 @@ def test_padding_rows_leave_the_cache_alone(checkpoint, kernels):
     for t, old in zip(kv.k + kv.v, before, strict=True):
         t.copy_(old)
     want = model(ForwardBatch.build(slices, 4, "cpu"), kv)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # 4 rows against 3: float32 matmuls may block (so sum) differently, up to ~3e-5 measured
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
