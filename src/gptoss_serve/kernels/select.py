@@ -68,7 +68,8 @@ def cpu_kernels(why: str) -> KernelSet:
 
     return KernelSet(paged_attention_cpu, moe_cpu,
                      "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
-                     "dequantized once where memory allows), logits from the bf16 unembedding "
+                     "dequantized once to bf16 where memory allows), logits from the bf16 "
+                     "unembedding "
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16)
 
