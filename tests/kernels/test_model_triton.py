@@ -4,7 +4,6 @@ A mixed batch (a prefill, a chunked prefill over cached blocks, decodes) through
 the same random weights and fresh caches: logits must agree. Interpreter on CPU.
 """
 
-import math
 import os
 
 import pytest
@@ -17,27 +16,17 @@ pytest.importorskip("triton")
 from gptoss_serve.config import ModelConfig  # noqa: E402
 from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice  # noqa: E402
 from gptoss_serve.kernels.select import reference_kernels, triton_kernels  # noqa: E402
-from gptoss_serve.model.gpt_oss import GptOssModel  # noqa: E402
 from gptoss_serve.model.synthetic import preset_config  # noqa: E402
+from random_model import random_model  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def random_model(config: ModelConfig) -> GptOssModel:
-    model = GptOssModel(config, torch.float32, DEV)
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name.endswith("blocks"):
-            t.random_(0, 256)
-        elif name.endswith("scales"):
-            t.random_(121, 124)
-        elif not name.endswith("inv_freq"):
-            t.normal_(1.0 if "norm" in name else 0.0, 1 / math.sqrt(t.shape[-1]))
-    return model
 
 
 def test_tiny_model_logits_match_reference_kernels():
     config = ModelConfig.from_hf_dict(preset_config("tiny", sliding_window=2))
-    model = random_model(config)
+    model = random_model(config, DEV)
     tok = lambda n: torch.randint(0, 1000, (n,)).tolist()  # noqa: E731
     # sequence 1 has 6 tokens cached from an earlier step: run that step first on each set
     first = [SeqSlice(tok(6), 0, [0, 1], [0, 1])]

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -28,6 +26,7 @@ from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model import weights
 from gptoss_serve.model.gpt_oss import GptOssModel
 from gptoss_serve.model.synthetic import preset_config, write_checkpoint
+from random_model import random_model
 
 
 def attention_after_write(q, k, v, k_cache, v_cache, slots, *rest):
@@ -47,16 +46,6 @@ def fused_style_kernels(calls: list[str]) -> KernelSet:
                      norm, rope_kv_write_ref, is_triton=True)
 
 
-def random_model(config: ModelConfig) -> GptOssModel:
-    model = GptOssModel(config, torch.float32, "cpu")
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name.endswith("blocks"):
-            t.random_(0, 256)
-        elif name.endswith("scales"):
-            t.random_(121, 124)
-        elif not name.endswith("inv_freq"):
-            t.normal_(1.0 if "norm" in name else 0.0, 1 / math.sqrt(t.shape[-1]))
-    return model
 
 
 def run_two_steps(model: GptOssModel, config: ModelConfig) -> torch.Tensor:
