@@ -49,20 +49,8 @@ class ForwardBatch:
     seq_lens_cpu: list[int]  # host copy of seq_lens
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.input_ids)
-
-    @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_cpu)
-
-    @property
-    def max_query_len(self) -> int:
-        return max(self.query_lens_cpu, default=0)
-
-    @property
-    def max_seq_len(self) -> int:
-        return max(self.seq_lens_cpu, default=0)
 
     @staticmethod
     def build(seqs: Sequence[SeqSlice], block_size: int,

@@ -193,16 +193,18 @@ class Sampler:
 
     # ---- choosing ------------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        greedy = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
         if not random_rows:
-            return greedy
+            return logits.argmax(dim=-1)
         sel = torch.tensor(random_rows, dtype=torch.int64).to(logits.device, non_blocking=True)
         sub = [rows[i] for i in random_rows]
         temp = self._f32(logits, [r.params.temperature for r in sub])[:, None]
         scaled = self._truncate(logits[sel] / temp, sub)
         gumbel = self._uniform(sub, logits.shape[1], logits.device).log_().neg_().log_().neg_()
-        return greedy.index_copy(0, sel, gumbel.add_(scaled).argmax(dim=-1))
+        sampled = gumbel.add_(scaled).argmax(dim=-1)
+        if len(random_rows) == len(rows):  # no greedy row: skip the full-vocabulary argmax
+            return sampled
+        return logits.argmax(dim=-1).index_copy(0, sel, sampled)
 
     def _truncate(self, scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """Mask (to -inf) what top-k, top-p and min-p exclude; the best token always survives.

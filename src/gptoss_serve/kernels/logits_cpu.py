@@ -143,7 +143,8 @@ def _load() -> tuple[ctypes._CFuncPtr | None, str]:
 
 def bf16_logits_status() -> str:
     """One line for the start-up log: how bf16-weight logits are computed here."""
-    return _load()[1] if _load()[0] is not None else f"upcast chunks: {_load()[1]}"
+    fn, how = _load()
+    return how if fn is not None else f"upcast chunks: {how}"
 
 
 @functools.cache

@@ -157,9 +157,6 @@ class MoEBlock(nn.Module):
         return kernels.moe(h, self.gate.weight, self.gate.bias, self.experts(), self.top_k,
                            self.limit, self.alpha)
 
-    def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
-        return x + self.mix(self.norm(x), kernels)
-
 
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype) -> None:
