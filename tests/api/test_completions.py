@@ -75,6 +75,9 @@ def test_logprobs(oai, tok):
     assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs)
     assert all(len(t) == 2 for t in lp.top_logprobs)
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    # each offset is where its token starts in the returned text
+    assert all(TEXT.startswith(t, o) for t, o in zip(lp.tokens, lp.text_offset, strict=True))
+    assert lp.text_offset[-1] + len(lp.tokens[-1]) == len(TEXT)
 
 
 @pytest.mark.parametrize(("body", "param"), [

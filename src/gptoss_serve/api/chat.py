@@ -27,7 +27,12 @@ from gptoss_serve.api.sse import sse_response
 from gptoss_serve.api.streaming import prime, unless_disconnected
 from gptoss_serve.engine.request import EngineRequest, StepOutput
 from gptoss_serve.errors import InvalidRequestError
-from gptoss_serve.harmony.render import RenderedPrompt, RenderOptions, render_chat
+from gptoss_serve.harmony.render import (
+    RenderedPrompt,
+    RenderOptions,
+    declared_function_names,
+    render_chat,
+)
 
 
 def check_supported(req: ChatCompletionRequest) -> None:
@@ -68,7 +73,8 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     req = parse_body(ChatCompletionRequest, await request.body())
     ctx.check_model(req.model)
     check_supported(req)
-    prompt = render_messages(ctx, req.messages, req.reasoning_effort, offered_tools(req))
+    tools = offered_tools(req)
+    prompt = render_messages(ctx, req.messages, req.reasoning_effort, tools)
     n_prompt = len(prompt.token_ids)
     max_tokens = ctx.max_tokens_for(
         n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens
@@ -82,7 +88,7 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     )
     ctx.check_capacity()
     engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
-    run = ChatRun(ctx, req, engine_req)
+    run = ChatRun(ctx, req, engine_req, declared_function_names(tools))
     outputs = await unless_disconnected(request, prime(ctx.generate(engine_req)))
     if outputs is None:  # the client left while the request was queued
         return Response(status_code=499)
@@ -96,14 +102,14 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
 class ChatRun:
     """One chat request in flight: its choices and the response or chunk shapes."""
 
-    def __init__(self, ctx: ApiContext, req: ChatCompletionRequest, engine_req: EngineRequest):
+    def __init__(self, ctx: ApiContext, req: ChatCompletionRequest, engine_req: EngineRequest,
+                 names: list[str]):
         self.id = engine_req.request_id
         self.created = int(time.time())
         self.model = req.model
         self.req = req
         self.num_prompt_tokens = len(engine_req.prompt_token_ids)
         self.num_cached_tokens = 0
-        names = [t["function"]["name"] for t in offered_tools(req)]
         self.choices = [
             ChoiceState(
                 i,

@@ -100,7 +100,8 @@ class TextChoice:
 
     def _add_logprob(self, lp: TokenLogprob) -> None:
         lpd = self.logprobs
-        lpd["text_offset"].append(sum(len(t) for t in lpd["tokens"]))
+        offsets, tokens = lpd["text_offset"], lpd["tokens"]
+        offsets.append(offsets[-1] + len(tokens[-1]) if tokens else 0)
         lpd["tokens"].append(self._tok.decode([lp.token_id]))
         lpd["token_logprobs"].append(lp.logprob)
         lpd["top_logprobs"].append({self._tok.decode([t]): v for t, v in lp.top})

@@ -47,10 +47,6 @@ class ApiContext:
     tokenizer: Any  # harmony.tokenizer.HarmonyTokenizer
     metrics: ServerMetrics
 
-    @property
-    def model_name(self) -> str:
-        return self.config.served_model_names[0]
-
     # ---- checks ------------------------------------------------------------------------------
     def check_model(self, name: str | None) -> None:
         if name is not None and name not in self.config.served_model_names:

@@ -51,7 +51,6 @@ class RequestResult:
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
     text: str = ""
-    start_time: float = 0.0
 
 
 def build_body(req: BenchRequest, s: RequestSettings) -> dict:
@@ -143,7 +142,6 @@ async def send_request(
     """Send one streamed request and time it; failures are returned, never raised."""
     result = RequestResult(prompt_len=req.prompt_len, expected_output_len=req.output_len)
     start = time.perf_counter()
-    result.start_time = start
     state = _StreamState(result, start)
     try:
         async with client.stream("POST", settings.endpoint, json=build_body(req, settings)) as resp:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from gptoss_serve.bench.client import RequestResult
-from gptoss_serve.bench.metrics import BenchMetrics, Distribution
+from gptoss_serve.bench.metrics import PERCENTILES, BenchMetrics, Distribution
 
 _WIDTH = 52
 
@@ -22,7 +22,7 @@ def _row(label: str, value: object) -> str:
 def _dist_rows(title: str, d: Distribution) -> list[str]:
     rows = [f"{title:-^{_WIDTH}}"]
     rows += [_row(f"Mean {title.split()[0]} (ms):", d.mean)]
-    rows += [_row(f"P{q} {title.split()[0]} (ms):", getattr(d, f"p{q}")) for q in (50, 90, 99)]
+    rows += [_row(f"P{q} {title.split()[0]} (ms):", getattr(d, f"p{q}")) for q in PERCENTILES]
     return rows
 
 
