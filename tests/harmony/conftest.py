@@ -49,15 +49,6 @@ def oracle(vocab_dir: str):
 @pytest.fixture(scope="session")
 def ids(tok):
     """Token ids of a harmony string: `<|name|>` pieces become special ids, the rest text."""
-    import re
+    from gptoss_serve.api.testing import script_ids
 
-    def to_ids(text: str) -> list[int]:
-        out: list[int] = []
-        for piece in re.split(r"(<\|[a-z_0-9]+\|>)", text):
-            if piece.startswith("<|"):
-                out.append(tok.encode_special(piece))
-            elif piece:
-                out += tok.encode(piece)
-        return out
-
-    return to_ids
+    return lambda text: script_ids(tok, text)

@@ -173,14 +173,24 @@ def test_bad_input_is_a_400_naming_the_field(messages, opts, param):
     assert info.value.status == 400 and info.value.param == param
 
 
-def test_every_assistant_shape_renders():
+def test_every_assistant_shape_renders_as_openai_harmony(oracle):
+    """Each combination of content, reasoning and tool_calls renders, token-identical to the oracle
+    (with a tool result after a call, so that the turn is an ongoing tool loop)."""
+    from openai_harmony import Role
+
     call = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    result = {"role": "tool", "tool_call_id": "c", "content": "ok"}
     for content in (None, "", "text", [{"type": "text", "text": "t"}]):
         for reasoning in (None, "why"):
             for tool_calls in (None, [], call):
                 msg = {"role": "assistant", "content": content, "reasoning": reasoning,
                        "tool_calls": tool_calls}
-                render_chat([{"role": "user", "content": "q"}, msg], RenderOptions())
+                tail = [result] if tool_calls else []
+                messages = [{"role": "user", "content": "q"}, msg, *tail]
+                ours = render_chat(messages, RenderOptions()).token_ids
+                theirs = oracle.render_conversation_for_completion(
+                    oracle_conversation(messages, {}), Role.ASSISTANT)
+                assert ours == theirs, msg
 
 
 def test_declared_function_names():
