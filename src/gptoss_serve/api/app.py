@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from gptoss_serve.api.chat import create_chat_completion, render_messages
 from gptoss_serve.api.completions import create_completion
-from gptoss_serve.api.context import ApiContext
+from gptoss_serve.api.context import ApiContext, check_token_ids
 from gptoss_serve.api.metrics import ServerMetrics
 from gptoss_serve.api.schemas import (
     DetokenizeRequest,
@@ -29,7 +29,7 @@ from gptoss_serve.api.schemas import (
     validation_to_error,
 )
 from gptoss_serve.config import ServerConfig
-from gptoss_serve.errors import AuthenticationError, GptOssServeError, InvalidRequestError
+from gptoss_serve.errors import AuthenticationError, GptOssServeError
 
 log = logging.getLogger("gptoss_serve.api")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -153,12 +153,7 @@ def _plain_router(ctx: ApiContext) -> APIRouter:
     async def detokenize(request: Request) -> dict[str, Any]:
         req = parse_body(DetokenizeRequest, await request.body())
         ctx.check_model(req.model)
-        bad = [t for t in req.tokens if t >= ctx.tokenizer.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"token id {bad[0]} is outside the vocabulary (size {ctx.tokenizer.vocab_size})",
-                param="tokens",
-            )
+        check_token_ids(req.tokens, ctx.tokenizer.vocab_size, "tokens")
         return {"prompt": ctx.tokenizer.decode(req.tokens)}
 
     @r.get("/health")

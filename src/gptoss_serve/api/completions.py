@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gptoss_serve.api.context import ApiContext, new_id, sampling_params
+from gptoss_serve.api.context import ApiContext, check_token_ids, new_id, sampling_params
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
 from gptoss_serve.api.sse import sse_response
 from gptoss_serve.api.stop_strings import StopStringMatcher
@@ -36,12 +36,7 @@ def prompt_ids(req: CompletionRequest, tokenizer: Any) -> list[list[int]]:
     else:
         prompts = [list(x) for x in p]
     for ids in prompts:
-        bad = [t for t in ids if t >= tokenizer.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"token id {bad[0]} is outside the vocabulary (size {tokenizer.vocab_size})",
-                param="prompt",
-            )
+        check_token_ids(ids, tokenizer.vocab_size, "prompt")
         if not ids:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
     return prompts

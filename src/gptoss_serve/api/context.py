@@ -106,6 +106,15 @@ class ApiContext:
             timer.done(reason if not remaining else "abort")
 
 
+def check_token_ids(ids: list[int], vocab_size: int, param: str,
+                    what: str = "token id") -> None:
+    """400 naming `param` when an id is outside the vocabulary."""
+    bad = [t for t in ids if t >= vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"{what} {bad[0]} is outside the vocabulary (size {vocab_size})", param=param)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -125,12 +134,7 @@ def sampling_params(
             param="min_tokens",
         )
     bias = req.bias_pairs()
-    for token_id, _ in bias:
-        if token_id >= vocab_size:
-            raise InvalidRequestError(
-                f"logit_bias token id {token_id} is outside the vocabulary (size {vocab_size})",
-                param="logit_bias",
-            )
+    check_token_ids([t for t, _ in bias], vocab_size, "logit_bias", what="logit_bias token id")
     return SamplingParams(
         temperature=req.temperature,
         top_p=req.top_p,
