@@ -27,7 +27,7 @@ def test_replay_reads_static_buffers_and_pads():
     pytest.importorskip("triton")
     from gptoss_serve.kernels.norm_triton import rms_norm_triton
 
-    x = torch.zeros(8, 64, device="cuda")
+    x = torch.zeros(16, 64, device="cuda")  # static input, room for an eager call above 8
     w = torch.rand(64, device="cuda")
     calls = []
 

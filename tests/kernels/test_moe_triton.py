@@ -17,8 +17,10 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from gptoss_serve.kernels.moe import ExpertWeights, moe_ref, route  # noqa: E402
+from gptoss_serve.kernels.moe_gemv_triton import GemvTiles, moe_gemv  # noqa: E402
 from gptoss_serve.kernels.moe_triton import (  # noqa: E402
     DECODE,
+    GEMV_MAX_PAIRS,
     PREFILL,
     MoETiles,
     expert_tiles,
@@ -87,7 +89,42 @@ def test_dense_expert_weights():
 
 
 def test_bfloat16_activations():
-    run(*make(8, dtype=torch.bfloat16), 2, tiles=SMALL, tol=3e-2)
+    """The grouped path keeps bf16 activations between its matmuls on CUDA (the reference keeps
+    float32), so errors scale with the output's magnitude rather than each element's."""
+    seed, x, rw, rb, ew = make(8, dtype=torch.bfloat16)
+    ref = moe_ref(x, rw, rb, ew, 2, 7.0, 1.702).float()
+    got = moe_triton(x, rw, rb, ew, 2, 7.0, 1.702, tiles=SMALL).float()
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(got, ref, atol=1e-2 * scale, rtol=3e-2,
+                               msg=lambda m: f"seed {seed}: {m}")
+
+
+# ---- the matrix-vector path for a few tokens (moe_gemv_triton.py) ----------------------------
+GEMV_SMALL = GemvTiles(block_n=16, block_k=32)  # several input steps and output blocks
+
+
+@pytest.mark.parametrize("t,top_k,h,inter,mxfp4", [(1, 4, 96, 64, True), (3, 2, 160, 96, True),
+                                                   (16, 4, 96, 64, True), (5, 2, 96, 64, False)])
+def test_gemv_path_matches_reference(t, top_k, h, inter, mxfp4):
+    run(*make(t, h=h, inter=inter, mxfp4=mxfp4), top_k, gemv=GEMV_SMALL)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # sigmoid of a very low gate
+def test_gemv_path_is_the_default_for_few_pairs_and_clamps(monkeypatch):
+    import gptoss_serve.kernels.moe_triton as mt
+
+    calls = []
+    monkeypatch.setattr(mt, "moe_gemv", lambda *a: calls.append(a[0].shape[0]) or moe_gemv(*a))
+    seed, x, rw, rb, ew = make(3)
+    ew.w1_bias.mul_(20)  # pre-activations beyond the +-7 limit on both sides
+    run(seed, x * 4, rw, rb, ew, 2, tol=5e-4)  # 6 pairs
+    many = GEMV_MAX_PAIRS // 2 + 1
+    run(*make(many), 2)  # just over the limit: the grouped matmul
+    assert calls == [3]
+
+
+def test_gemv_bfloat16_activations_stay_float32_inside():
+    run(*make(4, dtype=torch.bfloat16), 4, gemv=GEMV_SMALL, tol=2e-2)
 
 
 def test_zero_tokens():

@@ -88,7 +88,7 @@ def _attn_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, qsl_ptr, sl_ptr, sink_ptr, o_ptr
         slot = blk.to(tl.int64) * BLOCK_SIZE + kpos % BLOCK_SIZE
         kv_off = (slot * NUM_KV + kvh)[:, None] * HEAD_D + d[None, :]
         k = tl.load(kc_ptr + kv_off, mask=k_ok[:, None], other=0.0).to(tl.float32)
-        s = tl.dot(q.to(DOT), tl.trans(k).to(DOT)) * qk_scale
+        s = tl.dot(q.to(DOT), tl.trans(k).to(DOT), input_precision="ieee") * qk_scale
         see = k_ok[None, :] & (kpos[None, :] <= qpos[:, None])
         see &= (window <= 0) | (kpos[None, :] > qpos[:, None] - window)
         s = tl.where(see, s, float("-inf"))
@@ -97,7 +97,7 @@ def _attn_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, qsl_ptr, sl_ptr, sink_ptr, o_ptr
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(vc_ptr + kv_off, mask=k_ok[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT))
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v.to(DOT), input_precision="ieee")
         m_i = m_new
     # 5. finish here (sink joins the denominator) or leave a partial for the merge kernel
     if NUM_SPLITS == 1:

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from gptoss_serve.kernels.moe import ExpertWeights, route
+from gptoss_serve.kernels.moe_gemv_triton import DECODE_GEMV, GemvTiles, moe_gemv
 from gptoss_serve.kernels.triton_util import cdiv, dot_in_float32
 
 
@@ -39,6 +40,9 @@ class MoETiles:
 
 DECODE = MoETiles(block_m=16, block_n=32, block_k=128)  # few rows per expert: spread N wide
 PREFILL = MoETiles(block_m=64, block_n=64, block_k=64)  # many rows per expert: tensor cores
+
+
+GEMV_MAX_PAIRS = 64  # (token, expert) pairs up to which the matrix-vector kernels run
 
 
 def pick_tiles(num_pairs: int, num_experts: int) -> MoETiles:
@@ -105,9 +109,9 @@ def _moe_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, a_ptr, t_exp_ptr, t_lo_ptr, t_hi_
         xt = tl.load(x_ptr + tok[:, None] * s_x + kk[None, :], mask=xm, other=0.0)
         xt = xt.to(tl.float32).to(DOT)
         wg = _weight_tile(w_e, s_e, 2 * n, n_ok, k0, n_in, s_wr, s_sr, MXFP4, BN, BK)
-        acc_g += tl.dot(xt, wg.to(DOT))
+        acc_g += tl.dot(xt, wg.to(DOT), input_precision="ieee")
         wu = _weight_tile(w_e, s_e, 2 * n + 1, n_ok, k0, n_in, s_wr, s_sr, MXFP4, BN, BK)
-        acc_u += tl.dot(xt, wu.to(DOT))
+        acc_u += tl.dot(xt, wu.to(DOT), input_precision="ieee")
     bias = b_ptr + e.to(tl.int64) * s_be
     g = acc_g + tl.load(bias + 2 * n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     u = acc_u + tl.load(bias + 2 * n + 1, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -136,7 +140,7 @@ def _moe_down_kernel(a_ptr, w_ptr, s_ptr, b_ptr, rw_ptr, y_ptr, t_exp_ptr, t_lo_
         am = r_ok[:, None] & (kk[None, :] < n_in)
         at = tl.load(a_ptr + rows.to(tl.int64)[:, None] * s_a + kk[None, :], mask=am, other=0.0)
         wt = _weight_tile(w_e, s_e, n, n_ok, k0, n_in, s_wr, s_sr, MXFP4, BN, BK)
-        acc += tl.dot(at.to(tl.float32).to(DOT), wt.to(DOT))
+        acc += tl.dot(at.to(tl.float32).to(DOT), wt.to(DOT), input_precision="ieee")
     bias = tl.load(b_ptr + e.to(tl.int64) * s_be + n, mask=n_ok, other=0.0).to(tl.float32)
     weight = tl.load(rw_ptr + pair, mask=r_ok, other=0.0)
     out = (acc + bias[None, :]) * weight[:, None]
@@ -184,8 +188,13 @@ def _weights(experts: ExpertWeights, which: int) -> tuple[torch.Tensor, torch.Te
 def moe_triton(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
                experts: ExpertWeights, top_k: int, swiglu_limit: float = 7.0,
                swiglu_alpha: float = 1.702, *, tiles: MoETiles | None = None,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """See `moe_ref`. x [T, H] -> [T, H] in x's dtype (into `out` when given)."""
+               gemv: GemvTiles | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """See `moe_ref`. x [T, H] -> [T, H] in x's dtype (into `out` when given).
+
+    Up to GEMV_MAX_PAIRS (token, expert) pairs take the matrix-vector kernels of
+    `moe_gemv_triton.py`, more take the grouped matmul; `tiles` forces the grouped path with
+    those tiles, `gemv` the matrix-vector path with those.
+    """
     t, h = x.shape
     if out is None:
         out = torch.empty((t, h), dtype=x.dtype, device=x.device)
@@ -193,6 +202,11 @@ def moe_triton(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
         return out
     ids, weights = route(x, router_w, router_b, top_k)
     x = x if x.stride(-1) == 1 else x.contiguous()
+    w1, s1, _ = _weights(experts, 1)
+    w2, s2, _ = _weights(experts, 2)
+    if gemv is not None or (tiles is None and t * top_k <= GEMV_MAX_PAIRS):
+        return moe_gemv(x, ids, weights, w1, s1, w2, s2, experts, swiglu_limit, swiglu_alpha,
+                        out, gemv or DECODE_GEMV)
     n_exp, inter = experts.num_experts, experts.w1_bias.shape[-1] // 2
     cfg = tiles or pick_tiles(t * top_k, n_exp)
     pairs, t_exp, t_lo, t_hi = expert_tiles(ids, n_exp, cfg.block_m)
@@ -203,12 +217,11 @@ def moe_triton(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
     y = torch.empty((t * top_k, h), dtype=torch.float32, device=x.device)
     opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     tiles_sizes = dict(BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, DOT=dot)
-    w1, s1, mx = _weights(experts, 1)
+    mx = experts.is_mxfp4
     _moe_up_kernel[(t_exp.numel(), cdiv(inter, cfg.block_n))](
         x, w1, s1, experts.w1_bias, act, t_exp, t_lo, t_hi, pairs, h, inter, top_k, x.stride(0),
         w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), experts.w1_bias.stride(0),
         act.stride(0), swiglu_limit, swiglu_alpha, MXFP4=mx, **tiles_sizes, **opts)
-    w2, s2, mx = _weights(experts, 2)
     _moe_down_kernel[(t_exp.numel(), cdiv(h, cfg.block_n))](
         act, w2, s2, experts.w2_bias, weights.reshape(-1), y, t_exp, t_lo, t_hi, pairs, inter,
         h, act.stride(0), w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
