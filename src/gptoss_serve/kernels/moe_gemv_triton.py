@@ -33,12 +33,15 @@ from gptoss_serve.kernels.triton_util import cdiv
 class GemvTiles:
     """Output rows per program, input bytes (MXFP4) or elements (dense) per loop step."""
 
-    block_n: int = 32
+    block_n: int = 16
     block_k: int = 128
-    num_warps: int = 4
+    num_warps: int = 2
 
 
-DECODE_GEMV = GemvTiles()
+def gemv_tiles(num_pairs: int) -> GemvTiles:
+    """Measured on an H200 at 120b shapes (docs/benchmarks.md): narrow and long for a lone
+    token's 4 pairs, 16 x 128 bytes on 2 warps from 16 pairs up."""
+    return GemvTiles(8, 256, 4) if num_pairs <= 4 else GemvTiles()
 
 
 @triton.jit
@@ -117,7 +120,7 @@ def _gemv_down_kernel(a_ptr, ids_ptr, rw_ptr, w_ptr, s_ptr, b_ptr, o_ptr, n_in, 
 def moe_gemv(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor,
              s1: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor, experts: ExpertWeights,
              swiglu_limit: float, swiglu_alpha: float, out: torch.Tensor,
-             tiles: GemvTiles = DECODE_GEMV) -> torch.Tensor:
+             tiles: GemvTiles | None = None) -> torch.Tensor:
     """Routed pairs (ids/weights [T, k]) through their experts, summed over k, into `out`
     ([T, H], contiguous last dim). w1/s1, w2/s2: packed blocks and scales (dense: the weight
     twice), as `moe_triton._weights` gives them; x [T, H] with a contiguous last dim.
@@ -127,6 +130,7 @@ def moe_gemv(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torc
     inter = experts.w1_bias.shape[-1] // 2
     mx = experts.is_mxfp4
     flat_ids = ids.reshape(-1)
+    tiles = tiles or gemv_tiles(flat_ids.numel())
     act = torch.empty((t * top_k, inter), dtype=torch.float32, device=x.device)
     opts = dict(MXFP4=mx, BN=tiles.block_n, BK=tiles.block_k, num_warps=tiles.num_warps)
     _gemv_up_kernel[(t * top_k, cdiv(inter, tiles.block_n))](
