@@ -79,8 +79,8 @@ def main() -> None:
         runs += [("gemv", cfg, dict(gemv=cfg)) for cfg in GEMV if t * k <= 256]
         runs.append(("default", None, {}))
         for path, cfg, kw in runs:
-            us = graph_us(lambda kw=kw: [moe_triton(x, rw, rb, ew, k, out=out, **kw)
-                                         for ew, rw, rb in layers], len(layers))
+            us = graph_us(lambda x=x, out=out, kw=kw: [
+                moe_triton(x, rw, rb, ew, k, out=out, **kw) for ew, rw, rb in layers], len(layers))
             print(f"tokens {t:4d}  {path:8s} {us:8.1f} us/layer {gbs / us:6.0f} GB/s  {cfg}",
                   flush=True)
 
