@@ -31,7 +31,7 @@ GEMV = [GemvTiles(n, k, w) for n, k, w in
 
 def random_layer(c: ModelConfig) -> tuple[ExpertWeights, torch.Tensor, torch.Tensor]:
     """Packed experts with random codes and unit-range scales, plus router weight and bias."""
-    e, h, i = c.num_local_experts, c.hidden_size, c.intermediate_size
+    e, h, i = c.num_experts, c.hidden_size, c.intermediate_size
     u8 = lambda *s: torch.randint(0, 256, s, dtype=torch.uint8, device="cuda")  # noqa: E731
     sc = lambda *s: torch.full(s, 120, dtype=torch.uint8, device="cuda")  # noqa: E731
     bf = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16) * 0.1  # noqa: E731
@@ -74,7 +74,7 @@ def main() -> None:
     for t in (int(v) for v in args.tokens.split(",")):
         x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
         out = torch.empty_like(x)
-        gbs = min(c.num_local_experts, t * k) * expert_bytes / 1e3
+        gbs = min(c.num_experts, t * k) * expert_bytes / 1e3
         runs = [("grouped", cfg, dict(tiles=cfg)) for cfg in GROUPED]
         runs += [("gemv", cfg, dict(gemv=cfg)) for cfg in GEMV if t * k <= 256]
         runs.append(("default", None, {}))
