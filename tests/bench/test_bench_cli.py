@@ -17,12 +17,12 @@ from gptoss_serve.cli import main
 @pytest.fixture()
 def fake_url():
     server = FakeServer(delay_s=0.001)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(server.asgi_app(), host="127.0.0.1", port=port, log_level="error")
+    sock = socket.socket()  # bound here and handed over: no window for another process
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(server.asgi_app(), log_level="error")
     uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uv.started and time.monotonic() < deadline:
@@ -30,6 +30,7 @@ def fake_url():
     yield f"http://127.0.0.1:{port}", server
     uv.should_exit = True
     thread.join(timeout=10)
+    sock.close()
 
 
 def test_cli_writes_result_json_and_prints_the_table(fake_url, tmp_path, capsys):

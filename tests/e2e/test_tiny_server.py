@@ -130,7 +130,19 @@ def test_disconnect_frees_blocks(tiny_server):
     wait_until(lambda: _no_blocks_in_use(tiny_server.engine), "blocks freed after disconnect")
 
 
-def test_metrics_after_traffic(tiny_server):
-    text = httpx.get(tiny_server.base_url + "/metrics").text
+def _generated_total(base_url: str) -> float:
+    text = httpx.get(base_url + "/metrics").text
     assert 'gptoss_kv_cache_usage{pool="full"}' in text
-    assert "gptoss_generation_tokens_total" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("gptoss_generation_tokens_total")]
+    assert rows, text
+    return float(rows[0].split()[-1])
+
+
+def test_metrics_after_traffic(tiny_server):
+    """Its own traffic (not the tests before it): the generated-token counter grows by it."""
+    before = _generated_total(tiny_server.base_url)
+    body = {"model": MODEL, "messages": USER, "max_tokens": 5, "ignore_eos": True}
+    out = httpx.post(tiny_server.base_url + "/v1/chat/completions", json=body, timeout=120)
+    assert out.status_code == 200
+    used = out.json()["usage"]["completion_tokens"]
+    assert _generated_total(tiny_server.base_url) - before == used
