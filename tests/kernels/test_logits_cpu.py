@@ -80,3 +80,32 @@ def test_cpu_set_keeps_unembedding_bf16(tmp_path):
     torch.testing.assert_close(fast.kernels.logits(h, fast.unembedding.weight),
                                ref.kernels.logits(h, ref.unembedding.weight),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_openmp_and_serial_builds_agree(threads, m):
+    """The OpenMP split and the one-thread build compute the same sums, bit for bit."""
+    x, weight = _inputs(3001, 64, m, 11)
+    outs = []
+    for openmp in (True, False):
+        try:
+            fn = lc._build(openmp)
+        except (OSError, lc.subprocess.SubprocessError):
+            pytest.skip("no C compiler with OpenMP here")
+        out = torch.empty(m, weight.shape[0])
+        lc._run_c(fn, x, weight, out)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], _exact(x, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_threads_are_torchs_own():
+    """The OpenMP build binds to the libgomp torch already loaded: one OpenMP runtime in the
+    process, so the kernel's threads are torch's intra-op pool, not a second one."""
+    fn, how = lc._load()
+    if fn is None or "OpenMP" not in how or "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("no OpenMP kernel or torch is not built on OpenMP here")
+    lc.logits_cpu(*_inputs(600, 64, 1, 2))
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes

@@ -3,11 +3,15 @@
 Same contract as `kernels/logits.py: logits_ref` (its oracle). The unembedding is the biggest
 read of a decode step (201088 rows); kept in bf16 (the checkpoint's dtype, so nothing is lost) it
 is half the bytes of a float32 copy. torch has no bf16-weight x float32-activation product on CPU,
-so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift),
-four vocabulary rows at a time into an L1 buffer, and multiplied into float32 accumulators three
-activation rows at a time, the vocabulary split over `torch.get_num_threads()` threads. Every
-logit is the same float32 dot product whatever the batch, so a row's logits do not depend on its
-neighbours.
+so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift).
+With one activation row (a batch-1 decode step, memory bound) the weight is streamed row after
+row, widened in registers, with a software prefetch ahead; with several, four vocabulary rows
+are widened into an L1 buffer and multiplied into float32 accumulators three activation rows at
+a time. The vocabulary is split over `torch.get_num_threads()` OpenMP threads: the same libgomp
+pool as torch's own operators, so no second set of threads competes with torch's (spinning)
+workers for the cores. Every logit is the same float32 dot product (one 8-lane accumulator
+along the hidden size, then a fixed horizontal sum) whatever the batch or the path, so a row's
+logits do not depend on its neighbours.
 
 The C source is compiled once with the system C compiler (under a second) into a cache folder
 (`GPTOSS_SERVE_CACHE`, default `~/.cache/gptoss-serve`) and loaded with ctypes; where that cannot
@@ -25,7 +29,6 @@ import logging
 import os
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -34,10 +37,13 @@ from gptoss_serve.kernels.logits import logits_ref
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
+MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
 
 _C_SOURCE = r"""
 #include <immintrin.h>
 #include <stdint.h>
+
+#define PREFETCH_BYTES 4096  /* how far ahead of the single-row read (measured: 1-8 KiB alike) */
 
 static inline __m256 load8(const uint16_t *p) {  /* 8 bf16 -> 8 float32, exact */
     __m128i h = _mm_loadu_si128((const __m128i *)p);
@@ -90,16 +96,49 @@ static void one_row(const float *x, const uint16_t *w0, float *out, long m_rows,
     }
 }
 
-/* out[m * ldo + v] = sum_h x[m * h_dim + h] * w[v * h_dim + h] for v in [v0, v1);
-   h_dim % 8 == 0 */
-void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
+/* one activation row (a decode step): the weight read once, row after row, widened in
+   registers (no buffer), the next cache lines prefetched; the sums of one_row exactly */
+static void rows_of_one(const float *x, const uint16_t *w, float *out, long h_dim,
+                        long v0, long v1) {
+    for (long v = v0; v < v1; v++) {
+        const uint16_t *r = w + v * h_dim;
+        __m256 a0 = _mm256_setzero_ps();
+        for (long h = 0; h < h_dim; h += 8) {
+            if ((h & 31) == 0)
+                _mm_prefetch((const char *)(r + h) + PREFETCH_BYTES, _MM_HINT_T0);
+            a0 = _mm256_fmadd_ps(load8(r + h), _mm256_loadu_ps(x + h), a0);
+        }
+        out[v] = hsum(a0);
+    }
+}
+
+/* out[m * ldo + v] for v in [v0, v1) */
+static void part(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
                  long v0, long v1, long ldo) {
+    if (m_rows == 1) {
+        rows_of_one(x, w, out, h_dim, v0, v1);
+        return;
+    }
     float buf[4 * h_dim];
     long v = v0;
     for (; v + 4 <= v1; v += 4)
         four_rows(x, w + v * h_dim, out + v, m_rows, h_dim, ldo, buf);
     for (; v < v1; v++)
         one_row(x, w + v * h_dim, out + v, m_rows, h_dim, ldo);
+}
+
+/* out[m * v_rows + v] = sum_h x[m * h_dim + h] * w[v * h_dim + h]; h_dim % 8 == 0. The
+   vocabulary is split into `parts` slices run by OpenMP threads (torch's own pool, as both use
+   the process's libgomp; serial when compiled without OpenMP). */
+void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
+                 long v_rows, int parts) {
+    long step = ((v_rows + parts - 1) / parts + 63) / 64 * 64;
+    #pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int t = 0; t < parts; t++) {
+        long v0 = t * step, v1 = v0 + step < v_rows ? v0 + step : v_rows;
+        if (v0 < v1)
+            part(x, w, out, m_rows, h_dim, v0, v1, v_rows);
+    }
 }
 """
 
@@ -108,37 +147,49 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("GPTOSS_SERVE_CACHE", Path.home() / ".cache" / "gptoss-serve"))
 
 
-def _compile(target: Path) -> None:
+def _compile(target: Path, openmp: bool) -> None:
     """Build the shared library at `target` (atomically: compile to a temporary, then rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, lib = Path(tmp) / "bf16_logits.c", Path(tmp) / target.name
         src.write_text(_C_SOURCE)
         cmd = [os.environ.get("CC", "cc"), "-O3", "-mavx2", "-mfma", "-shared", "-fPIC",
-               "-o", str(lib), str(src)]
+               *(["-fopenmp"] if openmp else []), "-o", str(lib), str(src)]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         os.replace(lib, target)
 
 
+def _build(openmp: bool) -> ctypes._CFuncPtr:
+    """The C function, compiled on first use (with or without OpenMP), then cached on disk."""
+    digest = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"bf16_logits-{digest}-{'omp' if openmp else 'serial'}.so"
+    if not target.exists():
+        _compile(target, openmp)
+    fn = ctypes.CDLL(str(target)).bf16_logits
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    return fn
+
+
 @functools.cache
 def _load() -> tuple[ctypes._CFuncPtr | None, str]:
-    """(the C function, how) or (None, why not); compiled on first use, then cached on disk."""
+    """(the C function, how) or (None, why not). OpenMP first: torch's CPU build runs its
+    intra-op threads on the process's libgomp, so the kernel's threads are torch's own (no
+    second pool competing for the cores); without OpenMP the kernel runs on one thread."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None, "no AVX2/FMA on this CPU"
-    digest = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"bf16_logits-{digest}.so"
-    try:
-        if not target.exists():
-            _compile(target)
-        fn = ctypes.CDLL(str(target)).bf16_logits
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        log.warning("bf16 logits kernel unavailable (%s %s); using upcast chunks", exc,
-                    detail.decode(errors="replace")[:300])
-        return None, f"C kernel unavailable ({type(exc).__name__})"
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5
-    return fn, f"AVX2 C kernel ({target})"
+    failure: Exception | None = None
+    for openmp in (True, False):
+        try:
+            fn = _build(openmp)
+        except (OSError, subprocess.SubprocessError) as exc:
+            failure = exc
+            continue
+        return fn, f"AVX2 C kernel, {'OpenMP' if openmp else 'one thread: no OpenMP'}"
+    detail = getattr(failure, "stderr", b"") or b""
+    log.warning("bf16 logits kernel unavailable (%s %s); using upcast chunks", failure,
+                detail.decode(errors="replace")[:300])
+    return None, f"C kernel unavailable ({type(failure).__name__})"
 
 
 def bf16_logits_status() -> str:
@@ -147,23 +198,13 @@ def bf16_logits_status() -> str:
     return how if fn is not None else f"upcast chunks: {how}"
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="logits")
-
-
 def _run_c(fn: ctypes._CFuncPtr, x: torch.Tensor, weight: torch.Tensor,
            out: torch.Tensor) -> None:
-    """All logits, the vocabulary split over torch's intra-op thread count."""
+    """All logits, the vocabulary split over torch's intra-op thread count (at least
+    `MIN_ROWS_PER_THREAD` rows each)."""
     (m, h), v = x.shape, weight.shape[0]
-    args = (x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h)
-    parts = max(1, min(torch.get_num_threads(), v // 1024))
-    step = (-(-v // parts) + 3) // 4 * 4
-    bounds = [(s, min(v, s + step)) for s in range(0, v, step)]
-    futures = [_pool(parts).submit(fn, *args, s, e, v) for s, e in bounds[1:]]
-    fn(*args, *bounds[0], v)
-    for f in futures:
-        f.result()
+    parts = max(1, min(torch.get_num_threads(), v // MIN_ROWS_PER_THREAD))
+    fn(x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h, v, parts)
 
 
 def _chunked(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
