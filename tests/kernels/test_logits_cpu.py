@@ -109,3 +109,31 @@ def test_kernel_threads_are_torchs_own():
     with open("/proc/self/maps") as f:
         runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
     assert len(runtimes) == 1, runtimes
+
+
+@pytest.mark.parametrize("pairs,n,h", [(4, 1024, 64), (3, 66, 40), (1, 5, 8), (16, 130, 96)])
+def test_bf16_pairs_equals_logits_per_pair(threads, pairs, n, h):
+    """Each pair's row is `logits_cpu` of its token against its expert's matrix, plus the bias,
+    bit for bit (the decode MoE relies on it), and close to float64."""
+    g = torch.Generator().manual_seed(pairs * n)
+    experts = 7
+    weight = (torch.randn(experts, n, h, generator=g) / h ** 0.5).bfloat16()
+    bias = torch.randn(experts, n, generator=g)
+    x = torch.randn(pairs, h, generator=g)
+    ids = torch.randint(0, experts, (pairs,), generator=g)
+    got = lc.bf16_pairs(x, weight, bias, ids)
+    if got is None:
+        pytest.skip("no C kernel here")
+    for p in range(pairs):
+        e = int(ids[p])
+        assert torch.equal(got[p], lc.logits_cpu(x[p:p + 1], weight[e])[0] + bias[e])
+        exact = (x[p].double() @ weight[e].double().T + bias[e].double()).float()
+        torch.testing.assert_close(got[p], exact, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_pairs_declines_what_it_cannot_run():
+    weight, bias = torch.zeros(2, 8, 16, dtype=torch.bfloat16), torch.zeros(2, 8)
+    ids = torch.zeros(1, dtype=torch.int64)
+    assert lc.bf16_pairs(torch.zeros(1, 16), weight.float(), bias, ids) is None
+    assert lc.bf16_pairs(torch.zeros(1, 16, dtype=torch.bfloat16), weight, bias, ids) is None
+    assert lc.bf16_pairs(torch.zeros(1, 12), weight[..., :12], bias, ids) is None

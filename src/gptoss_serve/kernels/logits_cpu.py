@@ -140,6 +140,44 @@ void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, lon
             part(x, w, out, m_rows, h_dim, v0, v1, v_rows);
     }
 }
+
+/* four consecutive rows against one activation row, four independent accumulators (the FMA
+   latency is hidden; each row's sums are those of one_row) */
+static void four_of_one(const float *x, const uint16_t *r, const float *bias, float *out,
+                        long h_dim) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (long h = 0; h < h_dim; h += 8) {
+        __m256 p = _mm256_loadu_ps(x + h);
+        a0 = _mm256_fmadd_ps(load8(r + h), p, a0);
+        a1 = _mm256_fmadd_ps(load8(r + h_dim + h), p, a1);
+        a2 = _mm256_fmadd_ps(load8(r + 2 * h_dim + h), p, a2);
+        a3 = _mm256_fmadd_ps(load8(r + 3 * h_dim + h), p, a3);
+    }
+    out[0] = hsum(a0) + bias[0]; out[1] = hsum(a1) + bias[1];
+    out[2] = hsum(a2) + bias[2]; out[3] = hsum(a3) + bias[3];
+}
+
+/* Expert products of a few token/expert pairs, each its own matrix:
+   out[p][n] = (sum_h x[p][h] * w[ids[p]][n][h]) + bias[ids[p]][n] for n < n_rows; each pair's
+   rows are split into `parts` slices run by OpenMP threads. */
+void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int64_t *ids,
+                float *out, long pairs, long n_rows, long h_dim, int parts) {
+    long step = ((n_rows + parts - 1) / parts + 3) / 4 * 4;
+    #pragma omp parallel for num_threads(parts) schedule(static)
+    for (long i = 0; i < pairs * parts; i++) {
+        long p = i / parts, n0 = (i % parts) * step, n1 = n0 + step < n_rows ? n0 + step : n_rows;
+        const float *xp = x + p * h_dim, *b = bias + ids[p] * n_rows;
+        const uint16_t *wp = w + ids[p] * n_rows * h_dim;
+        float *o = out + p * n_rows;
+        long n = n0;
+        for (; n + 4 <= n1; n += 4)
+            four_of_one(xp, wp + n * h_dim, b + n, o + n, h_dim);
+        for (; n < n1; n++) {
+            one_row(xp, wp + n * h_dim, o + n, 1, h_dim, 1);
+            o[n] += b[n];
+        }
+    }
+}
 """
 
 
@@ -159,21 +197,22 @@ def _compile(target: Path, openmp: bool) -> None:
         os.replace(lib, target)
 
 
-def _build(openmp: bool) -> ctypes._CFuncPtr:
-    """The C function, compiled on first use (with or without OpenMP), then cached on disk."""
+def _build(openmp: bool) -> ctypes.CDLL:
+    """The C library, compiled on first use (with or without OpenMP), then cached on disk."""
     digest = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
     target = _cache_dir() / f"bf16_logits-{digest}-{'omp' if openmp else 'serial'}.so"
     if not target.exists():
         _compile(target, openmp)
-    fn = ctypes.CDLL(str(target)).bf16_logits
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    return fn
+    lib = ctypes.CDLL(str(target))
+    lib.bf16_logits.restype = lib.bf16_pairs.restype = None
+    lib.bf16_logits.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    lib.bf16_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    return lib
 
 
 @functools.cache
-def _load() -> tuple[ctypes._CFuncPtr | None, str]:
-    """(the C function, how) or (None, why not). OpenMP first: torch's CPU build runs its
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(the C library, how) or (None, why not). OpenMP first: torch's CPU build runs its
     intra-op threads on the process's libgomp, so the kernel's threads are torch's own (no
     second pool competing for the cores); without OpenMP the kernel runs on one thread."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -181,11 +220,11 @@ def _load() -> tuple[ctypes._CFuncPtr | None, str]:
     failure: Exception | None = None
     for openmp in (True, False):
         try:
-            fn = _build(openmp)
+            lib = _build(openmp)
         except (OSError, subprocess.SubprocessError) as exc:
             failure = exc
             continue
-        return fn, f"AVX2 C kernel, {'OpenMP' if openmp else 'one thread: no OpenMP'}"
+        return lib, f"AVX2 C kernel, {'OpenMP' if openmp else 'one thread: no OpenMP'}"
     detail = getattr(failure, "stderr", b"") or b""
     log.warning("bf16 logits kernel unavailable (%s %s); using upcast chunks", failure,
                 detail.decode(errors="replace")[:300])
@@ -194,17 +233,19 @@ def _load() -> tuple[ctypes._CFuncPtr | None, str]:
 
 def bf16_logits_status() -> str:
     """One line for the start-up log: how bf16-weight logits are computed here."""
-    fn, how = _load()
-    return how if fn is not None else f"upcast chunks: {how}"
+    lib, how = _load()
+    return how if lib is not None else f"upcast chunks: {how}"
 
 
-def _run_c(fn: ctypes._CFuncPtr, x: torch.Tensor, weight: torch.Tensor,
-           out: torch.Tensor) -> None:
+def _parts(rows: int) -> int:
+    return max(1, min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD))
+
+
+def _run_c(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
     """All logits, the vocabulary split over torch's intra-op thread count (at least
     `MIN_ROWS_PER_THREAD` rows each)."""
     (m, h), v = x.shape, weight.shape[0]
-    parts = max(1, min(torch.get_num_threads(), v // MIN_ROWS_PER_THREAD))
-    fn(x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h, v, parts)
+    lib.bf16_logits(x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h, v, _parts(v))
 
 
 def _chunked(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
@@ -223,11 +264,29 @@ def logits_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return logits_ref(x, weight)
     x = x.float().contiguous()
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    fn = _load()[0]
+    lib = _load()[0]
     if x.shape[0] == 0 or weight.shape[0] == 0:
         return out
-    if fn is None or x.shape[1] % 8 or not weight.is_contiguous():
+    if lib is None or x.shape[1] % 8 or not weight.is_contiguous():
         _chunked(x, weight, out)
     else:
-        _run_c(fn, x, weight, out)
+        _run_c(lib, x, weight, out)
+    return out
+
+
+def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               ids: torch.Tensor) -> torch.Tensor | None:
+    """out[p] = x[p] @ weight[ids[p]].T + bias[ids[p]] as float32 [P, N], for x float32 [P, H],
+    weight bf16 [E, N, H], bias float32 [E, N], ids int64 [P]: one call for every token/expert
+    pair of a decode step. Each row is the same float32 sum as `logits_cpu(x[p:p+1],
+    weight[ids[p]])` plus the bias (bit for bit). None where the C kernel cannot run."""
+    lib = _load()[0]
+    e, n, h = weight.shape
+    dtypes = (weight.dtype, x.dtype, bias.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    if lib is None or h % 8 or not dtypes or not (weight.is_contiguous() and bias.is_contiguous()):
+        return None
+    x, ids = x.contiguous(), ids.to(torch.int64).contiguous()
+    out = torch.empty(x.shape[0], n, dtype=torch.float32)
+    lib.bf16_pairs(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), ids.data_ptr(),
+                   out.data_ptr(), x.shape[0], n, h, _parts(n))
     return out
