@@ -2,7 +2,8 @@
 
 Same signature and maths as `kernels/attention.py: paged_attention_ref` (its oracle):
 - decode steps (every sequence has one new query) gather the needed key blocks of all sequences
-  into one padded tensor and attend with two einsums; padding and window are one mask;
+  into one padded tensor and attend with two einsums; padding and window are one mask; which
+  blocks and which keys (the plan) is worked out once per step and KV pool, not per layer;
 - sequences with several new queries (prefill, chunked prefill) use torch's
   `scaled_dot_product_attention`; the sink is an extra key whose key and value are zero and
   whose logit is set through the float mask, which is exactly the reference's extra softmax term.
@@ -11,6 +12,9 @@ Statistics are float32. Knows nothing of block allocation: tables and slots come
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,21 +38,59 @@ def _gather_blocks(block_tables: torch.Tensor, seqs: list[int], lo: list[int], h
     return blocks.clamp(min=0), torch.tensor(first) * bs
 
 
-def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            block_tables: torch.Tensor, seqs: list[int], rows: list[int], seq_lens: list[int],
-            sinks: torch.Tensor, sm_scale: float, window: int) -> torch.Tensor:
-    """One new query per sequence: q rows `rows` [B', Hq, D] -> [B', Hq, D] float32."""
-    _, bs, hkv, d = k_cache.shape
+@dataclass
+class _DecodePlan:
+    """What every layer of one KV pool needs for the decode rows of a step."""
+
+    rows: list[int]  # query rows of the sequences with one new query
+    blocks: torch.Tensor  # [B', nb] physical blocks covering their keys
+    allowed: torch.Tensor  # [B', nb * block_size] keys inside the causal window
+
+
+def _decode_plan(block_tables: torch.Tensor, qsl: list[int], lens: list[int], bs: int,
+                 window: int) -> _DecodePlan | None:
+    seqs = [b for b in range(len(lens)) if qsl[b + 1] - qsl[b] == 1]
+    if not seqs:
+        return None
+    seq_lens = [lens[b] for b in seqs]
     lo = [0 if window <= 0 else max(0, n - window) for n in seq_lens]
     blocks, start = _gather_blocks(block_tables, seqs, lo, seq_lens, bs)
-    b = len(seqs)
-    keys = k_cache[blocks].view(b, -1, hkv, d).float()
-    vals = v_cache[blocks].view(b, -1, hkv, d).float()
-    kpos = start[:, None] + torch.arange(keys.shape[1])[None, :]
+    kpos = start[:, None] + torch.arange(blocks.shape[1] * bs)[None, :]
     allowed = (kpos < torch.tensor(seq_lens)[:, None]) & (kpos >= torch.tensor(lo)[:, None])
-    qf = q[rows].float().view(b, hkv, -1, d)
+    return _DecodePlan([qsl[b] for b in seqs], blocks, allowed)
+
+
+_PLANS: OrderedDict[tuple, tuple[torch.Tensor, _DecodePlan | None]] = OrderedDict()
+PLANS_KEPT = 4  # a step needs one per KV pool (full, sliding); the oldest is dropped
+
+
+def _cached_plan(block_tables: torch.Tensor, qsl: list[int], lens: list[int], bs: int,
+                 window: int) -> _DecodePlan | None:
+    """`_decode_plan`, computed once per step and pool: the layers of a pool share the same
+    tables, lengths and window. A hit needs the same lengths and a table equal in content
+    (so a reused or refilled tensor can never get a stale plan)."""
+    key = (id(block_tables), tuple(qsl), tuple(lens), bs, window)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0].shape == block_tables.shape and torch.equal(hit[0],
+                                                                             block_tables):
+        return hit[1]
+    plan = _decode_plan(block_tables, qsl, lens, bs, window)
+    _PLANS[key] = (block_tables.clone(), plan)
+    while len(_PLANS) > PLANS_KEPT:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: _DecodePlan,
+            sinks: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """One new query per sequence: q rows `plan.rows` [B', Hq, D] -> [B', Hq, D] float32."""
+    _, _, hkv, d = k_cache.shape
+    b = len(plan.rows)
+    keys = k_cache[plan.blocks].view(b, -1, hkv, d).float()
+    vals = v_cache[plan.blocks].view(b, -1, hkv, d).float()
+    qf = q[plan.rows].float().view(b, hkv, -1, d)
     scores = torch.einsum("bhgd,bkhd->bhgk", qf, keys) * sm_scale
-    scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+    scores = scores.masked_fill(~plan.allowed[:, None, None, :], float("-inf"))
     sink = sinks.float().view(1, hkv, -1, 1).expand(b, -1, -1, 1)
     probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     return torch.einsum("bhgk,bkhd->bhgd", probs, vals).reshape(b, -1, d)
@@ -87,13 +129,10 @@ def paged_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     write_kv(k, v, k_cache, v_cache, slot_mapping)
     out = torch.empty_like(q)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
-    single = [b for b in range(len(lens)) if qsl[b + 1] - qsl[b] == 1]
-    if single:
-        rows = [qsl[b] for b in single]
-        o = _decode(q, k_cache, v_cache, block_tables, single, rows, [lens[b] for b in single],
-                    sinks, sm_scale, window)
-        out[rows] = o.to(q.dtype)
     bs = k_cache.shape[1]
+    plan = _cached_plan(block_tables, qsl, lens, bs, window)
+    if plan is not None:
+        out[plan.rows] = _decode(q, k_cache, v_cache, plan, sinks, sm_scale).to(q.dtype)
     for b, seq_len in enumerate(lens):
         n = qsl[b + 1] - qsl[b]
         if n <= 1:
