@@ -7,7 +7,8 @@ so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 1
 With one activation row (a batch-1 decode step, memory bound) the weight is streamed row after
 row, widened in registers, with a software prefetch ahead; with several, four vocabulary rows
 are widened into an L1 buffer and multiplied into float32 accumulators three activation rows at
-a time. The vocabulary is split over `torch.get_num_threads()` OpenMP threads: the same libgomp
+a time. The vocabulary is split over `cpu_threads.kernel_threads()` (torch's configured thread
+count, also in a small step that runs torch's operators on one) OpenMP threads: the same libgomp
 pool as torch's own operators, so no second set of threads competes with torch's (spinning)
 workers for the cores. Every logit is the same float32 dot product (one 8-lane accumulator
 along the hidden size, then a fixed horizontal sum) whatever the batch or the path, so a row's
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.logits import logits_ref
 
 log = logging.getLogger(__name__)
@@ -238,7 +240,7 @@ def bf16_logits_status() -> str:
 
 
 def _parts(rows: int) -> int:
-    return max(1, min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD))
+    return max(1, min(kernel_threads(), rows // MIN_ROWS_PER_THREAD))
 
 
 def _run_c(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
