@@ -3,10 +3,13 @@ against `logits_ref`; what the CPU kernel set does with the unembedding of a loa
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 
 from gptoss_serve.config import ModelConfig
+from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels import logits_cpu as lc
 from gptoss_serve.kernels.logits import logits_ref
 from gptoss_serve.kernels.select import choose_kernels
@@ -89,8 +92,8 @@ def test_openmp_and_serial_builds_agree(threads, m):
     outs = []
     for openmp in (True, False):
         try:
-            fn = lc._build(openmp)
-        except (OSError, lc.subprocess.SubprocessError):
+            fn = cpu_c.build("bf16_logits", lc._C_SOURCE, openmp, lc._declare)
+        except (OSError, subprocess.SubprocessError):
             pytest.skip("no C compiler with OpenMP here")
         out = torch.empty(m, weight.shape[0])
         lc._run_c(fn, x, weight, out)

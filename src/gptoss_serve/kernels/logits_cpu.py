@@ -14,10 +14,10 @@ workers for the cores. Every logit is the same float32 dot product (one 8-lane a
 along the hidden size, then a fixed horizontal sum) whatever the batch or the path, so a row's
 logits do not depend on its neighbours.
 
-The C source is compiled once with the system C compiler (under a second) into a cache folder
-(`GPTOSS_SERVE_CACHE`, default `~/.cache/gptoss-serve`) and loaded with ctypes; where that cannot
-happen (no compiler, no AVX2) the logits are computed in float32 chunks of the weight, upcast
-into a reused buffer. `bf16_logits_status()` says which, for the start-up log.
+The C source is compiled once and loaded by `cpu_c.load` (under a second; cached under
+`GPTOSS_SERVE_CACHE`); where that cannot happen (no compiler, no AVX2) the logits are computed in
+float32 chunks of the weight, upcast into a reused buffer. `bf16_logits_status()` says which,
+for the start-up log.
 Knows nothing of modules, loading or sampling.
 """
 
@@ -25,19 +25,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
+from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.logits import logits_ref
 
-log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
 MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
 
@@ -183,54 +177,16 @@ void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int6
 """
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GPTOSS_SERVE_CACHE", Path.home() / ".cache" / "gptoss-serve"))
-
-
-def _compile(target: Path, openmp: bool) -> None:
-    """Build the shared library at `target` (atomically: compile to a temporary, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / "bf16_logits.c", Path(tmp) / target.name
-        src.write_text(_C_SOURCE)
-        cmd = [os.environ.get("CC", "cc"), "-O3", "-mavx2", "-mfma", "-shared", "-fPIC",
-               *(["-fopenmp"] if openmp else []), "-o", str(lib), str(src)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        os.replace(lib, target)
-
-
-def _build(openmp: bool) -> ctypes.CDLL:
-    """The C library, compiled on first use (with or without OpenMP), then cached on disk."""
-    digest = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"bf16_logits-{digest}-{'omp' if openmp else 'serial'}.so"
-    if not target.exists():
-        _compile(target, openmp)
-    lib = ctypes.CDLL(str(target))
+def _declare(lib: ctypes.CDLL) -> None:
     lib.bf16_logits.restype = lib.bf16_pairs.restype = None
     lib.bf16_logits.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.bf16_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    return lib
 
 
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
-    """(the C library, how) or (None, why not). OpenMP first: torch's CPU build runs its
-    intra-op threads on the process's libgomp, so the kernel's threads are torch's own (no
-    second pool competing for the cores); without OpenMP the kernel runs on one thread."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return None, "no AVX2/FMA on this CPU"
-    failure: Exception | None = None
-    for openmp in (True, False):
-        try:
-            lib = _build(openmp)
-        except (OSError, subprocess.SubprocessError) as exc:
-            failure = exc
-            continue
-        return lib, f"AVX2 C kernel, {'OpenMP' if openmp else 'one thread: no OpenMP'}"
-    detail = getattr(failure, "stderr", b"") or b""
-    log.warning("bf16 logits kernel unavailable (%s %s); using upcast chunks", failure,
-                detail.decode(errors="replace")[:300])
-    return None, f"C kernel unavailable ({type(failure).__name__})"
+    """(the C library, how) or (None, why not); see `cpu_c.load`."""
+    return cpu_c.load("bf16_logits", _C_SOURCE, _declare)
 
 
 def bf16_logits_status() -> str:
