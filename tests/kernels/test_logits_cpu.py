@@ -140,3 +140,32 @@ def test_bf16_pairs_declines_what_it_cannot_run():
     assert lc.bf16_pairs(torch.zeros(1, 16), weight.float(), bias, ids) is None
     assert lc.bf16_pairs(torch.zeros(1, 16, dtype=torch.bfloat16), weight, bias, ids) is None
     assert lc.bf16_pairs(torch.zeros(1, 12), weight[..., :12], bias, ids) is None
+
+
+@pytest.mark.parametrize("rows", [1, 5, lc.BF16_KERNEL_ROWS + 3])
+def test_linear_cpu_bf16_weight_matches_reference(rows):
+    """Both paths of `linear_cpu` (C kernel for few rows, upcast matmul for many) against
+    float64 and against `linear_ref`, which upcasts the bf16 weight."""
+    from gptoss_serve.kernels.logits import linear_ref
+
+    g = torch.Generator().manual_seed(rows)
+    x, weight = _inputs(200, 64, rows, rows)
+    bias = torch.randn(200, generator=g)
+    got = lc.linear_cpu(x, weight, bias)
+    exact = (x.double() @ weight.double().T + bias.double()).float()
+    torch.testing.assert_close(got, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, linear_ref(x, weight, bias), atol=1e-5, rtol=1e-5)
+    assert torch.equal(linear_ref(x, weight.float(), bias),
+                       torch.nn.functional.linear(x, weight.float(), bias))
+
+
+def test_cpu_set_keeps_attention_projections_bf16(tmp_path):
+    write_checkpoint(tmp_path, "tiny", seed=2, vocab_size=1001)
+    fast = load_model(tmp_path, "float32", "cpu", choose_kernels("cpu", torch.float32))
+    ref = load_model(tmp_path, "float32", "cpu", "reference")
+    for fb, rb in zip(fast.block, ref.block, strict=True):
+        for name in ("qkv", "out"):
+            f, r = getattr(fb.attn, name), getattr(rb.attn, name)
+            assert f.weight.dtype == torch.bfloat16 and r.weight.dtype == torch.float32
+            assert torch.equal(f.weight.float(), r.weight)  # the checkpoint's bf16 values
+            assert f.bias.dtype == torch.float32 and torch.equal(f.bias, r.bias)

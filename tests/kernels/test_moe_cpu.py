@@ -70,9 +70,9 @@ def test_dense_experts_budget(monkeypatch):
 def test_moe_cpu_with_bf16_dense_experts(tokens, monkeypatch):
     """The CPU set's experts: MXFP4 values held exactly in bf16, float32 accumulation (the bf16
     kernel for few rows per expert, an upcast matmul for many)."""
-    from gptoss_serve.kernels import moe_cpu as mod
+    from gptoss_serve.kernels import logits_cpu
 
-    monkeypatch.setattr(mod, "BF16_KERNEL_ROWS", 8)
+    monkeypatch.setattr(logits_cpu, "BF16_KERNEL_ROWS", 8)
     g = torch.Generator().manual_seed(tokens)
     packed = _experts(g, dense=False)
     w1 = dequantize(packed.w1_blocks, packed.w1_scales, torch.bfloat16)

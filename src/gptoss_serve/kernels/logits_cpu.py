@@ -33,6 +33,7 @@ from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.logits import logits_ref
 
 CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
+BF16_KERNEL_ROWS = 64  # linear_cpu: activation rows up to which a bf16 weight takes the C kernel
 MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
 
 _C_SOURCE = r"""
@@ -230,6 +231,20 @@ def logits_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     else:
         _run_c(lib, x, weight, out)
     return out
+
+
+def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T + bias in x's dtype (the signature of `F.linear`, plus `out`). A bf16 `w` under
+    float32 rows (the CPU set keeps bf16 attention projections and experts: the checkpoint's
+    values, half the bytes) goes through the C kernel for up to `BF16_KERNEL_ROWS` rows and is
+    upcast for more (then the matmul's arithmetic dominates)."""
+    if w.dtype == x.dtype:
+        return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
+    if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
+        return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
+    y = logits_cpu(x, w).add_(bias)
+    return y if out is None else out.copy_(y)
 
 
 def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

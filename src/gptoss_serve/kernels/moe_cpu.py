@@ -6,8 +6,8 @@ Same signature and maths as `kernels/moe.py: moe_ref` (its oracle). Differences 
   `index_add_`: no per-token Python and one host sync per call (the per-expert counts);
 - dense experts (`ExpertWeights.w1/w2`, e.g. the copy `MoEBlock` keeps on CPU, see
   `dense_experts_fit`) are used as they are: in the activation dtype, or in bf16 (the CPU set's
-  choice: exact for MXFP4 values, half the bytes) through the bf16-weight kernel of
-  `kernels/logits_cpu.py` with float32 accumulation; packed MXFP4 experts are
+  choice: exact for MXFP4 values, half the bytes) through `logits_cpu.linear_cpu` (the
+  bf16-weight kernel for a few rows, float32 accumulation); packed MXFP4 experts are
   dequantized per step, only those used, with a byte-wise lookup table (`dequantize_lut`);
 - a decode step's few pairs (up to `PAIRS_MAX`) on bf16 experts skip the per-expert loop: one
   call of the pair kernel (`logits_cpu.bf16_pairs`) for all first projections, one SwiGLU, one
@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from gptoss_serve.kernels.logits_cpu import bf16_pairs, logits_cpu
+from gptoss_serve.kernels.logits_cpu import bf16_pairs, linear_cpu
 from gptoss_serve.kernels.moe import ExpertWeights, route, swiglu
 from gptoss_serve.model.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
 
@@ -32,7 +32,6 @@ GIB = 1 << 30
 # Dequantized experts may use at most this share of the memory available at start-up, and at
 # most GPTOSS_CPU_DENSE_EXPERTS_GIB (default 16) GiB; otherwise experts stay packed.
 DENSE_EXPERTS_SHARE = 0.5
-BF16_KERNEL_ROWS = 64  # bf16 dense experts: tokens per expert up to which the C kernel runs
 PAIRS_MAX = 16  # token/expert pairs (4 tokens at top-4) up to which one pair-kernel call runs
 _LUTS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
@@ -86,19 +85,6 @@ def _expert_weights(experts: ExpertWeights, e: int,
     return experts.w1[e], experts.w2[e]
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ w.T + bias in x's dtype. A bf16 `w` under float32 rows (the CPU set's dense experts)
-    goes through the bf16-weight kernel of `logits_cpu` for a few rows (it reads half the bytes)
-    and is upcast for many (then the matmul's arithmetic dominates)."""
-    if w.dtype == x.dtype:
-        return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
-    if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
-        return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
-    y = logits_cpu(x, w).add_(bias)
-    return y if out is None else out.copy_(y)
-
-
 def _per_expert(xs: torch.Tensor, experts: ExpertWeights, counts: list[int], limit: float,
                 alpha: float) -> torch.Tensor:
     """Rows `xs` sorted by expert (`counts` per expert) through their experts: one matmul pair
@@ -110,9 +96,9 @@ def _per_expert(xs: torch.Tensor, experts: ExpertWeights, counts: list[int], lim
             continue
         w1, w2 = _expert_weights(experts, e, xs.dtype)
         rows = slice(start, start + n)
-        u = _linear(xs[rows], w1, experts.w1_bias[e])
+        u = linear_cpu(xs[rows], w1, experts.w1_bias[e])
         a = swiglu(u, limit, alpha)
-        _linear(a, w2, experts.w2_bias[e], out=ys[rows])
+        linear_cpu(a, w2, experts.w2_bias[e], out=ys[rows])
         start += n
     return ys
 
