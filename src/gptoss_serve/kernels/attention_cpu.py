@@ -185,8 +185,11 @@ def _decode_c(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     """`_decode` in one C call (float32 query, caches and sinks), or None where it cannot run."""
     lib = _load()
     tensors = (q, k_cache, v_cache, sinks)
-    if lib is None or any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+    if lib is None or any(t.dtype != torch.float32 for t in tensors):
         return None
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return None
+    q, sinks = q.contiguous(), sinks.contiguous()
     n, hq, (_, bs, hkv, d) = len(plan.rows), q.shape[1], k_cache.shape
     out = torch.empty(n, hq, d)
     work = hq * int(plan.allowed.shape[1]) * n

@@ -105,8 +105,9 @@ class AttentionBlock(nn.Module):
             q, _ = kernels.rope_kv_write(q, k, v, batch.positions, *rope, k_cache, v_cache,
                                          pool.slot_mapping)
             k = v = None
-        else:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        else:  # q and k heads are adjacent in the qkv row: one rotation for both
+            qk = qkv[:, :(self.n_q + self.n_kv) * d].view(t, self.n_q + self.n_kv, d)
+            q, k = apply_rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
         o = kernels.attention(q, k, v, k_cache, v_cache, pool.slot_mapping, pool.block_tables,
                               batch.query_start_loc, batch.seq_lens, self.sinks, self.sm_scale,
                               self.window)
