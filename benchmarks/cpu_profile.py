@@ -3,7 +3,9 @@
 Loads a checkpoint (e.g. `gptoss-serve make-checkpoint DIR --preset small`) with a chosen kernel
 set and dtype, then runs the engine step by step and reports: the prefill of one long prompt
 (TTFT of a lone request), and the decode step time at batch 1 and batch N (tokens/s). With
-`--profile` it also prints the torch profiler's top operators of a few decode steps.
+`--profile` it also prints the torch profiler's top operators of a few decode steps; with
+`--breakdown` it splits the batch-1 decode step into logits kernel, rest of the model, sampler
+and engine host work (scheduler, ForwardBatch, update), each timed around the real calls.
 
     .venv/bin/python benchmarks/cpu_profile.py DIR --kernels auto --dtype float32
 
@@ -14,6 +16,7 @@ Owns nothing but this measurement; knows nothing of HTTP. Peer comparisons live 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -80,6 +83,57 @@ def profile_decode(engine: LLMEngine, batch: int, rows: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+class Timers:
+    """Wraps callables so that each call's wall time is added to a named list."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+
+    def wrap(self, name: str, fn):
+        self.times[name] = []
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.times[name].append(time.perf_counter() - t0)
+        return timed
+
+
+def breakdown(engine: LLMEngine, out_len: int) -> dict:
+    """Median ms per batch-1 decode step of: logits kernel, model without logits (of which
+    attention and MoE kernels, all layers), sampler, engine host work (step minus model and
+    sampler)."""
+    runner, timers = engine.runner, Timers()
+    model, sampler = runner.model, runner.sampler
+    kernels = model.kernels
+    model.kernels = dataclasses.replace(
+        kernels, logits=timers.wrap("logits", kernels.logits),
+        attention=timers.wrap("attention", kernels.attention), moe=timers.wrap("moe", kernels.moe))
+    forward, sample = model.forward, sampler.sample
+    model.forward = timers.wrap("model", forward)
+    sampler.sample = timers.wrap("sampler", sample)
+    try:
+        add_prompts(engine, 1, 128, out_len, "bd")
+        steps = [dt for _, dt in timed_steps(engine)][2:]  # skip prefill and the first decode
+    finally:
+        model.kernels, model.forward, sampler.sample = kernels, forward, sample
+    layers = len(model.block)
+    t = {k: v[2 * (layers if k in ("attention", "moe") else 1):] for k, v in timers.times.items()}
+    per_step = {k: [sum(v[i:i + layers]) for i in range(0, len(v), layers)]
+                for k, v in t.items() if k in ("attention", "moe")}
+    ms = {k: statistics.median(v) * 1e3 for k, v in (t | per_step).items()}
+    host = statistics.median(s - m - p for s, m, p in zip(steps, t["model"], t["sampler"],
+                                                           strict=True)) * 1e3
+    return {"step_ms": round(statistics.median(steps) * 1e3, 2),
+            "logits_ms": round(ms["logits"], 2),
+            "model_without_logits_ms": round(statistics.median(
+                m - lg for m, lg in zip(t["model"], t["logits"], strict=True)) * 1e3, 2),
+            "attention_ms": round(ms["attention"], 2), "moe_ms": round(ms["moe"], 2),
+            "sampler_ms": round(ms["sampler"], 2), "engine_host_ms": round(host, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -90,6 +144,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="*", default=[1, 32])
     ap.add_argument("--out-len", type=int, default=16)
     ap.add_argument("--profile", type=int, default=0, metavar="BATCH")
+    ap.add_argument("--breakdown", action="store_true", help="split the batch-1 decode step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     engine = build_engine(args.model, args.kernels, args.dtype, max(args.batch + [1]))
@@ -99,6 +154,8 @@ def main() -> None:
     if args.prefill:
         results["prefill"] = prefill_time(engine, args.prefill)
     results["decode"] = [decode_rate(engine, b, 128, args.out_len) for b in args.batch]
+    if args.breakdown:
+        results["breakdown_batch1"] = breakdown(engine, args.out_len)
     print(json.dumps(results))
     if args.profile:
         profile_decode(engine, args.profile, 25)

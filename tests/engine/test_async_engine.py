@@ -118,3 +118,31 @@ def test_engine_death_reaches_every_pending_request():
     results = asyncio.run(main())
     assert all(isinstance(r, EngineDeadError) for r in results)
     assert "device lost" in results[0].message
+
+
+def test_cpu_loading_runs_in_a_passing_thread(monkeypatch):
+    """On CPU the model is loaded in a thread that ends (so that the main thread owns no OpenMP
+    team); its result and its exceptions reach the caller."""
+    import threading
+
+    from gptoss_serve.engine import async_engine
+    from gptoss_serve.engine import engine as engine_mod
+
+    seen = []
+
+    def from_config(*args, **kwargs):
+        seen.append(threading.current_thread())
+        if kwargs.get("kernels") == "broken":
+            raise EngineDeadError("load failed")
+        return make_llm().engine
+
+    monkeypatch.setattr(engine_mod.LLMEngine, "from_config", from_config)
+    engine = async_engine.AsyncEngine.from_config("x", device="cpu", cache=None, sched=None)
+    try:
+        assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+        assert seen[0].name == "engine-load"
+    finally:
+        asyncio.run(engine.shutdown())
+    with pytest.raises(EngineDeadError, match="load failed"):
+        async_engine.AsyncEngine.from_config("x", device="cpu", cache=None, sched=None,
+                                             kernels="broken")

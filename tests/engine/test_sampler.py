@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptoss_serve.engine.request import SamplingParams
-from gptoss_serve.engine.sampler import Sampler, SamplingRow, noise_key
+from gptoss_serve.engine.sampler import Sampler, SamplingRow, greedy, noise_key
 
 V = 50
 
@@ -192,3 +192,13 @@ def test_candidate_truncation_equals_full_sort(monkeypatch, scale):
     for i in range(len(mixes)):  # each row alone: the candidate path where it can, same mask
         alone = Sampler()._truncate(scaled[i:i + 1], rows_[i:i + 1])
         assert torch.equal(torch.isfinite(alone[0]), torch.isfinite(full[i]))
+
+
+def test_greedy_is_argmax_on_ties_and_nan():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 201088, generator=g)
+    logits[1, 7] = logits[1, 90000] = 50.0  # a tie: the first one wins
+    logits[2, 3] = float("nan")  # NaN counts as the largest
+    logits[3] = 0.0  # all equal
+    assert torch.equal(greedy(logits), logits.argmax(dim=-1))
+    assert greedy(logits)[1] == 7 and greedy(logits)[3] == 0

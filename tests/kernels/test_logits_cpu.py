@@ -3,10 +3,13 @@ against `logits_ref`; what the CPU kernel set does with the unembedding of a loa
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 
 from gptoss_serve.config import ModelConfig
+from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels import logits_cpu as lc
 from gptoss_serve.kernels.logits import logits_ref
 from gptoss_serve.kernels.select import choose_kernels
@@ -80,3 +83,89 @@ def test_cpu_set_keeps_unembedding_bf16(tmp_path):
     torch.testing.assert_close(fast.kernels.logits(h, fast.unembedding.weight),
                                ref.kernels.logits(h, ref.unembedding.weight),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_openmp_and_serial_builds_agree(threads, m):
+    """The OpenMP split and the one-thread build compute the same sums, bit for bit."""
+    x, weight = _inputs(3001, 64, m, 11)
+    outs = []
+    for openmp in (True, False):
+        try:
+            fn = cpu_c.build("bf16_logits", lc._C_SOURCE, openmp, lc._declare)
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip("no C compiler with OpenMP here")
+        out = torch.empty(m, weight.shape[0])
+        lc._run_c(fn, x, weight, out)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], _exact(x, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_threads_are_torchs_own():
+    """The OpenMP build binds to the libgomp torch already loaded: one OpenMP runtime in the
+    process, so the kernel's threads are torch's intra-op pool, not a second one."""
+    fn, how = lc._load()
+    if fn is None or "OpenMP" not in how or "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("no OpenMP kernel or torch is not built on OpenMP here")
+    lc.logits_cpu(*_inputs(600, 64, 1, 2))
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@pytest.mark.parametrize("pairs,n,h", [(4, 1024, 64), (3, 66, 40), (1, 5, 8), (16, 130, 96)])
+def test_bf16_pairs_equals_logits_per_pair(threads, pairs, n, h):
+    """Each pair's row is `logits_cpu` of its token against its expert's matrix, plus the bias,
+    bit for bit (the decode MoE relies on it), and close to float64."""
+    g = torch.Generator().manual_seed(pairs * n)
+    experts = 7
+    weight = (torch.randn(experts, n, h, generator=g) / h ** 0.5).bfloat16()
+    bias = torch.randn(experts, n, generator=g)
+    x = torch.randn(pairs, h, generator=g)
+    ids = torch.randint(0, experts, (pairs,), generator=g)
+    got = lc.bf16_pairs(x, weight, bias, ids)
+    if got is None:
+        pytest.skip("no C kernel here")
+    for p in range(pairs):
+        e = int(ids[p])
+        assert torch.equal(got[p], lc.logits_cpu(x[p:p + 1], weight[e])[0] + bias[e])
+        exact = (x[p].double() @ weight[e].double().T + bias[e].double()).float()
+        torch.testing.assert_close(got[p], exact, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_pairs_declines_what_it_cannot_run():
+    weight, bias = torch.zeros(2, 8, 16, dtype=torch.bfloat16), torch.zeros(2, 8)
+    ids = torch.zeros(1, dtype=torch.int64)
+    assert lc.bf16_pairs(torch.zeros(1, 16), weight.float(), bias, ids) is None
+    assert lc.bf16_pairs(torch.zeros(1, 16, dtype=torch.bfloat16), weight, bias, ids) is None
+    assert lc.bf16_pairs(torch.zeros(1, 12), weight[..., :12], bias, ids) is None
+
+
+@pytest.mark.parametrize("rows", [1, 5, lc.BF16_KERNEL_ROWS + 3])
+def test_linear_cpu_bf16_weight_matches_reference(rows):
+    """Both paths of `linear_cpu` (C kernel for few rows, upcast matmul for many) against
+    float64 and against `linear_ref`, which upcasts the bf16 weight."""
+    from gptoss_serve.kernels.logits import linear_ref
+
+    g = torch.Generator().manual_seed(rows)
+    x, weight = _inputs(200, 64, rows, rows)
+    bias = torch.randn(200, generator=g)
+    got = lc.linear_cpu(x, weight, bias)
+    exact = (x.double() @ weight.double().T + bias.double()).float()
+    torch.testing.assert_close(got, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, linear_ref(x, weight, bias), atol=1e-5, rtol=1e-5)
+    assert torch.equal(linear_ref(x, weight.float(), bias),
+                       torch.nn.functional.linear(x, weight.float(), bias))
+
+
+def test_cpu_set_keeps_attention_projections_bf16(tmp_path):
+    write_checkpoint(tmp_path, "tiny", seed=2, vocab_size=1001)
+    fast = load_model(tmp_path, "float32", "cpu", choose_kernels("cpu", torch.float32))
+    ref = load_model(tmp_path, "float32", "cpu", "reference")
+    for fb, rb in zip(fast.block, ref.block, strict=True):
+        for name in ("qkv", "out"):
+            f, r = getattr(fb.attn, name), getattr(rb.attn, name)
+            assert f.weight.dtype == torch.bfloat16 and r.weight.dtype == torch.float32
+            assert torch.equal(f.weight.float(), r.weight)  # the checkpoint's bf16 values
+            assert f.bias.dtype == torch.float32 and torch.equal(f.bias, r.bias)

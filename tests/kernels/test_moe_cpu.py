@@ -70,9 +70,9 @@ def test_dense_experts_budget(monkeypatch):
 def test_moe_cpu_with_bf16_dense_experts(tokens, monkeypatch):
     """The CPU set's experts: MXFP4 values held exactly in bf16, float32 accumulation (the bf16
     kernel for few rows per expert, an upcast matmul for many)."""
-    from gptoss_serve.kernels import moe_cpu as mod
+    from gptoss_serve.kernels import logits_cpu
 
-    monkeypatch.setattr(mod, "BF16_KERNEL_ROWS", 8)
+    monkeypatch.setattr(logits_cpu, "BF16_KERNEL_ROWS", 8)
     g = torch.Generator().manual_seed(tokens)
     packed = _experts(g, dense=False)
     w1 = dequantize(packed.w1_blocks, packed.w1_scales, torch.bfloat16)
@@ -85,3 +85,27 @@ def test_moe_cpu_with_bf16_dense_experts(tokens, monkeypatch):
     scale = want.abs().max().item()  # float32 sums in another order: relative to the output
     torch.testing.assert_close(moe_cpu(x, rw, rb, dense, 2, 7.0, 1.702), want,
                                atol=2e-5 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tokens,top_k", [(1, 4), (3, 2), (4, 4)])
+def test_pair_kernel_path_equals_per_expert_path(tokens, top_k, monkeypatch):
+    """A decode step's few pairs go through one pair-kernel call per projection: the same sums
+    as the per-expert loop, so the same output bit for bit (greedy outputs cannot change)."""
+    from gptoss_serve.kernels import moe_cpu as mod
+
+    g = torch.Generator().manual_seed(40 + tokens)
+    packed = _experts(g, dense=False)
+    dense = ExpertWeights(w1=dequantize(packed.w1_blocks, packed.w1_scales, torch.bfloat16),
+                          w2=dequantize(packed.w2_blocks, packed.w2_scales, torch.bfloat16),
+                          w1_bias=packed.w1_bias, w2_bias=packed.w2_bias)
+    x = torch.randn(tokens, H, generator=g)
+    rw, rb = torch.randn(E, H, generator=g), torch.randn(E, generator=g)
+    calls, real = [], mod.bf16_pairs
+    monkeypatch.setattr(mod, "bf16_pairs", lambda *a: calls.append(1) or real(*a))
+    fast = moe_cpu(x, rw, rb, dense, top_k, 7.0, 1.702)
+    if not calls:
+        pytest.skip("no C kernel here")
+    monkeypatch.setattr(mod, "PAIRS_MAX", 0)
+    assert torch.equal(fast, moe_cpu(x, rw, rb, dense, top_k, 7.0, 1.702))
+    want = moe_ref(x, rw, rb, packed, top_k, 7.0, 1.702)
+    torch.testing.assert_close(fast, want, atol=2e-5 * want.abs().max().item(), rtol=1e-4)

@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
 from gptoss_serve.engine.engine import LLMEngine
@@ -26,6 +27,32 @@ from gptoss_serve.engine.stats import EngineStats
 from gptoss_serve.errors import EngineDeadError, GptOssServeError, InvalidRequestError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """fn() run in a thread that ends with it (its exception re-raised here).
+
+    libgomp keeps a team of OpenMP workers for every thread that ever opened a parallel region,
+    and once it manages more threads than there are cores its idle workers stop spinning at
+    once, so every parallel region of a decode step pays a futex wake-up. Loading the model
+    (many parallel copies) in a thread that ends frees that thread's team, which leaves the
+    engine loop's the only one: batch-1 steps in the loop thread took 17-24 ms instead of
+    26-36 ms on a 2-core VM (docs/benchmarks.md, "CPU single stream, round 3")."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="engine-load")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 @dataclass
@@ -55,9 +82,16 @@ class AsyncEngine:
     def from_config(cls, model: str | Path, *, dtype: str = "auto", device: str = "auto",
                     cache: CacheConfig, sched: SchedulerConfig, kernels: str = "auto",
                     cuda_graphs: bool = True) -> AsyncEngine:
-        """Load weights, size the KV cache and start the loop thread."""
-        return cls(LLMEngine.from_config(model, dtype=dtype, device=device, cache=cache,
-                                         sched=sched, kernels=kernels, cuda_graphs=cuda_graphs))
+        """Load weights, size the KV cache and start the loop thread; on CPU the loading runs
+        in a passing thread (`in_passing_thread`)."""
+        from gptoss_serve.model.weights import resolve_device
+
+        def build() -> LLMEngine:
+            return LLMEngine.from_config(model, dtype=dtype, device=device, cache=cache,
+                                         sched=sched, kernels=kernels, cuda_graphs=cuda_graphs)
+
+        on_cpu = resolve_device(device).type == "cpu"
+        return cls(in_passing_thread(build) if on_cpu else build())
 
     # ---- API side ------------------------------------------------------------------------------
     @property

@@ -11,7 +11,8 @@ blocks, at most half the budget); the full pool gets the rest. Blocks of the two
 Decode-only steps go through `static_decode.PaddedDecode` (static buffers, CUDA graphs) when the
 device is CUDA, the model runs the Triton kernels and graphs are not switched off
 (`cuda_graphs=False`, `--enforce-eager`); `static_decode=True` forces the padded path without
-graphs (the CPU tests). Prefill and mixed steps run eagerly. `plan_for_gpu` is the same sizing
+graphs (the CPU tests). Prefill and mixed steps run eagerly. On CPU a small step runs torch's
+operators on one thread (`kernels/cpu_threads.py`). `plan_for_gpu` is the same sizing
 as a pure function of the card's size, for the 120b-on-80-GB memory plan.
 
 Owns torch tensors of the cache, the ForwardBatch build and the call of the sampler; knows nothing
@@ -20,6 +21,7 @@ of request queues, HTTP or harmony.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from gptoss_serve.engine.scheduler import SchedulerOutput
 from gptoss_serve.engine.sequence import SampledToken, Sequence
 from gptoss_serve.engine.static_decode import PaddedDecode, decode_batch_sizes
 from gptoss_serve.errors import StartupError
+from gptoss_serve.kernels.cpu_threads import step_threads
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -192,12 +195,15 @@ class ModelRunner:
         slices = [SeqSlice(s.seq.token_ids[s.start_pos:s.start_pos + s.num_new_tokens],
                            s.start_pos, s.seq.full_blocks, s.seq.sliding_blocks, s.sample)
                   for s in out.scheduled]
-        if self.decode is not None and self.decode.accepts(slices):
-            logits = self.decode.run(slices)
-        else:
-            batch = ForwardBatch.build(slices, self.block_size, self.device)
-            logits = self.model.forward(batch, self.kv_cache)
-        return self.sampler.sample(logits.float(), [sampling_row(s.seq) for s in out.sampling])
+        tokens = sum(s.num_new_tokens for s in out.scheduled) if self.device.type == "cpu" else 0
+        with step_threads(tokens) if tokens else contextlib.nullcontext():
+            if self.decode is not None and self.decode.accepts(slices):
+                logits = self.decode.run(slices)
+            else:
+                batch = ForwardBatch.build(slices, self.block_size, self.device)
+                logits = self.model.forward(batch, self.kv_cache)
+            rows = [sampling_row(s.seq) for s in out.sampling]
+            return self.sampler.sample(logits.float(), rows)
 
 
 def sampling_row(seq: Sequence) -> SamplingRow:

@@ -145,6 +145,12 @@ def _truncate_top(scaled: torch.Tensor, width: int, limits: tuple[torch.Tensor, 
     return out, closed, reach
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Index of each row's largest value, the first on ties (NaN counts as largest): what
+    `argmax` returns, through `max`, which runs ~1.7x faster over a 201088-wide CPU row."""
+    return logits.max(dim=-1).indices
+
+
 class Sampler:
     def __init__(self) -> None:
         self._vocab_hash: dict[tuple[int, str], torch.Tensor] = {}
@@ -195,16 +201,16 @@ class Sampler:
     def _choose(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
         if not random_rows:
-            return logits.argmax(dim=-1)
+            return greedy(logits)
         sel = torch.tensor(random_rows, dtype=torch.int64).to(logits.device, non_blocking=True)
         sub = [rows[i] for i in random_rows]
         temp = self._f32(logits, [r.params.temperature for r in sub])[:, None]
         scaled = self._truncate(logits[sel] / temp, sub)
         gumbel = self._uniform(sub, logits.shape[1], logits.device).log_().neg_().log_().neg_()
-        sampled = gumbel.add_(scaled).argmax(dim=-1)
+        sampled = greedy(gumbel.add_(scaled))
         if len(random_rows) == len(rows):  # no greedy row: skip the full-vocabulary argmax
             return sampled
-        return logits.argmax(dim=-1).index_copy(0, sel, sampled)
+        return greedy(logits).index_copy(0, sel, sampled)
 
     def _truncate(self, scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """Mask (to -inf) what top-k, top-p and min-p exclude; the best token always survives.

@@ -2,7 +2,10 @@
 
 Same signature and maths as `kernels/attention.py: paged_attention_ref` (its oracle):
 - decode steps (every sequence has one new query) gather the needed key blocks of all sequences
-  into one padded tensor and attend with two einsums; padding and window are one mask;
+  into one padded tensor and attend with two einsums; padding and window are one mask; which
+  blocks and which keys (the plan) is worked out once per step and KV pool, not per layer;
+  with float32 tensors one C call (`_C_SOURCE`, built by `cpu_c`) does the same maths per
+  query head (dot products, softmax with the sink term, weighted values), float32 throughout;
 - sequences with several new queries (prefill, chunked prefill) use torch's
   `scaled_dot_product_attention`; the sink is an extra key whose key and value are zero and
   whose logit is set through the float mask, which is exactly the reference's extra softmax term.
@@ -12,10 +15,105 @@ Statistics are float32. Knows nothing of block allocation: tables and slots come
 
 from __future__ import annotations
 
+import ctypes
+import functools
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels.attention import write_kv
+from gptoss_serve.kernels.cpu_threads import kernel_threads
+
+C_THREADS_MIN_WORK = 1 << 16  # query heads x keys below which the C decode runs on one thread
+_C_SOURCE = r"""
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+static float dot(const float *a, const float *b, long d) {
+    __m256 acc = _mm256_setzero_ps();
+    long t = 0;
+    for (; t + 8 <= d; t += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), acc);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    float r = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    for (; t < d; t++)
+        r += a[t] * b[t];
+    return r;
+}
+
+/* One query head of one sequence: keys lo..hi-1 (absolute positions; the key at position k
+   sits in block blocks[(k - start) / bs], slot (k - start) % bs), softmax with the sink logit
+   as an extra term, weighted sum of the values. scores: hi - lo floats. */
+static void head(const float *q, const float *k_cache, const float *v_cache,
+                 const int64_t *blocks, long start, long lo, long hi, long hkv, long kh,
+                 long d, long bs, float sink, float scale, float *out, float *scores) {
+    float m = sink;
+    for (long k = lo; k < hi; k++) {
+        long i = k - start, slot = (blocks[i / bs] * bs + i % bs) * hkv + kh;
+        float s = dot(q, k_cache + slot * d, d) * scale;
+        scores[k - lo] = s;
+        m = s > m ? s : m;
+    }
+    float sum = expf(sink - m);
+    for (long k = lo; k < hi; k++) {
+        scores[k - lo] = expf(scores[k - lo] - m);
+        sum += scores[k - lo];
+    }
+    for (long t = 0; t < d; t++)
+        out[t] = 0.0f;
+    for (long k = lo; k < hi; k++) {
+        long i = k - start, slot = (blocks[i / bs] * bs + i % bs) * hkv + kh;
+        float p = scores[k - lo] / sum;
+        const float *v = v_cache + slot * d;
+        for (long t = 0; t < d; t++)
+            out[t] += p * v[t];
+    }
+}
+
+/* Sequence i (of n) attends with query row rows[i] of q [T, hq, d] over keys lo[i]..hi[i]-1;
+   blocks [n, width] physical block ids from key position start[i]; out [n, hq, d].
+   Returns 0, or -1 when scratch memory could not be allocated. */
+int decode_attention(const float *q, const float *k_cache, const float *v_cache,
+                     const int64_t *blocks, long width, const int64_t *rows,
+                     const int64_t *start, const int64_t *lo, const int64_t *hi, long n,
+                     long hq, long hkv, long d, long bs, const float *sinks, float scale,
+                     float *out, int parts) {
+    int failed = 0;
+    #pragma omp parallel for num_threads(parts) schedule(static)
+    for (long task = 0; task < n * hq; task++) {
+        long i = task / hq, h = task % hq;
+        float *scores = malloc(sizeof(float) * (hi[i] - lo[i] + 1));
+        if (scores == NULL) {
+            failed = 1;
+            continue;
+        }
+        head(q + (rows[i] * hq + h) * d, k_cache, v_cache, blocks + i * width, start[i],
+             lo[i], hi[i], hkv, h / (hq / hkv), d, bs, sinks[h], scale,
+             out + (i * hq + h) * d, scores);
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}
+"""
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.decode_attention.restype = ctypes.c_int
+    lib.decode_attention.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long]
+                                     + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 5
+                                     + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
+                                        ctypes.c_int])
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    return cpu_c.load("decode_attention", _C_SOURCE, _declare)[0]
 
 
 def _gather_blocks(block_tables: torch.Tensor, seqs: list[int], lo: list[int], hi: list[int],
@@ -34,21 +132,91 @@ def _gather_blocks(block_tables: torch.Tensor, seqs: list[int], lo: list[int], h
     return blocks.clamp(min=0), torch.tensor(first) * bs
 
 
-def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            block_tables: torch.Tensor, seqs: list[int], rows: list[int], seq_lens: list[int],
-            sinks: torch.Tensor, sm_scale: float, window: int) -> torch.Tensor:
-    """One new query per sequence: q rows `rows` [B', Hq, D] -> [B', Hq, D] float32."""
-    _, bs, hkv, d = k_cache.shape
+@dataclass
+class _DecodePlan:
+    """What every layer of one KV pool needs for the decode rows of a step."""
+
+    rows: list[int]  # query rows of the sequences with one new query
+    blocks: torch.Tensor  # [B', nb] physical blocks covering their keys
+    allowed: torch.Tensor  # [B', nb * block_size] keys inside the causal window
+    bounds: torch.Tensor  # [4, B'] int64: query row, position of blocks[:, 0]'s first key,
+    # first and end key position (for the C kernel)
+
+
+def _decode_plan(block_tables: torch.Tensor, qsl: list[int], lens: list[int], bs: int,
+                 window: int) -> _DecodePlan | None:
+    seqs = [b for b in range(len(lens)) if qsl[b + 1] - qsl[b] == 1]
+    if not seqs:
+        return None
+    seq_lens = [lens[b] for b in seqs]
     lo = [0 if window <= 0 else max(0, n - window) for n in seq_lens]
     blocks, start = _gather_blocks(block_tables, seqs, lo, seq_lens, bs)
-    b = len(seqs)
-    keys = k_cache[blocks].view(b, -1, hkv, d).float()
-    vals = v_cache[blocks].view(b, -1, hkv, d).float()
-    kpos = start[:, None] + torch.arange(keys.shape[1])[None, :]
+    blocks = blocks.contiguous()
+    kpos = start[:, None] + torch.arange(blocks.shape[1] * bs)[None, :]
     allowed = (kpos < torch.tensor(seq_lens)[:, None]) & (kpos >= torch.tensor(lo)[:, None])
-    qf = q[rows].float().view(b, hkv, -1, d)
+    rows = [qsl[b] for b in seqs]
+    bounds = torch.stack([torch.tensor(rows), start, torch.tensor(lo), torch.tensor(seq_lens)])
+    return _DecodePlan(rows, blocks, allowed, bounds.long().contiguous())
+
+
+_PLANS: OrderedDict[tuple, tuple[torch.Tensor, _DecodePlan | None]] = OrderedDict()
+PLANS_KEPT = 4  # a step needs one per KV pool (full, sliding); the oldest is dropped
+
+
+def _cached_plan(block_tables: torch.Tensor, qsl: list[int], lens: list[int], bs: int,
+                 window: int) -> _DecodePlan | None:
+    """`_decode_plan`, computed once per step and pool: the layers of a pool share the same
+    tables, lengths and window. A hit needs the same lengths and a table equal in content
+    (so a reused or refilled tensor can never get a stale plan)."""
+    key = (id(block_tables), tuple(qsl), tuple(lens), bs, window)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0].shape == block_tables.shape and torch.equal(hit[0],
+                                                                             block_tables):
+        return hit[1]
+    plan = _decode_plan(block_tables, qsl, lens, bs, window)
+    _PLANS[key] = (block_tables.clone(), plan)
+    while len(_PLANS) > PLANS_KEPT:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+def _decode_c(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: _DecodePlan,
+              sinks: torch.Tensor, sm_scale: float) -> torch.Tensor | None:
+    """`_decode` in one C call (float32 query, caches and sinks), or None where it cannot run."""
+    lib = _load()
+    tensors = (q, k_cache, v_cache, sinks)
+    if lib is None or any(t.dtype != torch.float32 for t in tensors):
+        return None
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return None
+    q, sinks = q.contiguous(), sinks.contiguous()
+    n, hq, (_, bs, hkv, d) = len(plan.rows), q.shape[1], k_cache.shape
+    out = torch.empty(n, hq, d)
+    work = hq * int(plan.allowed.shape[1]) * n
+    parts = kernel_threads() if work >= C_THREADS_MIN_WORK else 1
+    rows, start, lo, hi = (plan.bounds[i].data_ptr() for i in range(4))
+    rc = lib.decode_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                              plan.blocks.data_ptr(), plan.blocks.shape[1], rows, start, lo, hi,
+                              n, hq, hkv, d, bs, sinks.data_ptr(), sm_scale, out.data_ptr(),
+                              parts)
+    if rc != 0:
+        raise MemoryError("decode attention: no memory for the scores")
+    return out
+
+
+def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: _DecodePlan,
+            sinks: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """One new query per sequence: q rows `plan.rows` [B', Hq, D] -> [B', Hq, D] float32."""
+    fast = _decode_c(q, k_cache, v_cache, plan, sinks, sm_scale)
+    if fast is not None:
+        return fast
+    _, _, hkv, d = k_cache.shape
+    b = len(plan.rows)
+    keys = k_cache[plan.blocks].view(b, -1, hkv, d).float()
+    vals = v_cache[plan.blocks].view(b, -1, hkv, d).float()
+    qf = q[plan.rows].float().view(b, hkv, -1, d)
     scores = torch.einsum("bhgd,bkhd->bhgk", qf, keys) * sm_scale
-    scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+    scores = scores.masked_fill(~plan.allowed[:, None, None, :], float("-inf"))
     sink = sinks.float().view(1, hkv, -1, 1).expand(b, -1, -1, 1)
     probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     return torch.einsum("bhgk,bkhd->bhgd", probs, vals).reshape(b, -1, d)
@@ -87,13 +255,10 @@ def paged_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     write_kv(k, v, k_cache, v_cache, slot_mapping)
     out = torch.empty_like(q)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
-    single = [b for b in range(len(lens)) if qsl[b + 1] - qsl[b] == 1]
-    if single:
-        rows = [qsl[b] for b in single]
-        o = _decode(q, k_cache, v_cache, block_tables, single, rows, [lens[b] for b in single],
-                    sinks, sm_scale, window)
-        out[rows] = o.to(q.dtype)
     bs = k_cache.shape[1]
+    plan = _cached_plan(block_tables, qsl, lens, bs, window)
+    if plan is not None:
+        out[plan.rows] = _decode(q, k_cache, v_cache, plan, sinks, sm_scale).to(q.dtype)
     for b, seq_len in enumerate(lens):
         n = qsl[b + 1] - qsl[b]
         if n <= 1:

@@ -3,16 +3,21 @@
 Same contract as `kernels/logits.py: logits_ref` (its oracle). The unembedding is the biggest
 read of a decode step (201088 rows); kept in bf16 (the checkpoint's dtype, so nothing is lost) it
 is half the bytes of a float32 copy. torch has no bf16-weight x float32-activation product on CPU,
-so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift),
-four vocabulary rows at a time into an L1 buffer, and multiplied into float32 accumulators three
-activation rows at a time, the vocabulary split over `torch.get_num_threads()` threads. Every
-logit is the same float32 dot product whatever the batch, so a row's logits do not depend on its
-neighbours.
+so a small AVX2/FMA C function does it: each bf16 weight is widened exactly (a 16-bit shift).
+With one activation row (a batch-1 decode step, memory bound) the weight is streamed row after
+row, widened in registers, with a software prefetch ahead; with several, four vocabulary rows
+are widened into an L1 buffer and multiplied into float32 accumulators three activation rows at
+a time. The vocabulary is split over `cpu_threads.kernel_threads()` (torch's configured thread
+count, also in a small step that runs torch's operators on one) OpenMP threads: the same libgomp
+pool as torch's own operators, so no second set of threads competes with torch's (spinning)
+workers for the cores. Every logit is the same float32 dot product (one 8-lane accumulator
+along the hidden size, then a fixed horizontal sum) whatever the batch or the path, so a row's
+logits do not depend on its neighbours.
 
-The C source is compiled once with the system C compiler (under a second) into a cache folder
-(`GPTOSS_SERVE_CACHE`, default `~/.cache/gptoss-serve`) and loaded with ctypes; where that cannot
-happen (no compiler, no AVX2) the logits are computed in float32 chunks of the weight, upcast
-into a reused buffer. `bf16_logits_status()` says which, for the start-up log.
+The C source is compiled once and loaded by `cpu_c.load` (under a second; cached under
+`GPTOSS_SERVE_CACHE`); where that cannot happen (no compiler, no AVX2) the logits are computed in
+float32 chunks of the weight, upcast into a reused buffer. `bf16_logits_status()` says which,
+for the start-up log.
 Knows nothing of modules, loading or sampling.
 """
 
@@ -20,24 +25,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
+from gptoss_serve.kernels import cpu_c
+from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.logits import logits_ref
 
-log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
+BF16_KERNEL_ROWS = 64  # linear_cpu: activation rows up to which a bf16 weight takes the C kernel
+MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
 
 _C_SOURCE = r"""
 #include <immintrin.h>
 #include <stdint.h>
+
+#define PREFETCH_BYTES 4096  /* how far ahead of the single-row read (measured: 1-8 KiB alike) */
 
 static inline __m256 load8(const uint16_t *p) {  /* 8 bf16 -> 8 float32, exact */
     __m128i h = _mm_loadu_si128((const __m128i *)p);
@@ -90,10 +93,29 @@ static void one_row(const float *x, const uint16_t *w0, float *out, long m_rows,
     }
 }
 
-/* out[m * ldo + v] = sum_h x[m * h_dim + h] * w[v * h_dim + h] for v in [v0, v1);
-   h_dim % 8 == 0 */
-void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
+/* one activation row (a decode step): the weight read once, row after row, widened in
+   registers (no buffer), the next cache lines prefetched; the sums of one_row exactly */
+static void rows_of_one(const float *x, const uint16_t *w, float *out, long h_dim,
+                        long v0, long v1) {
+    for (long v = v0; v < v1; v++) {
+        const uint16_t *r = w + v * h_dim;
+        __m256 a0 = _mm256_setzero_ps();
+        for (long h = 0; h < h_dim; h += 8) {
+            if ((h & 31) == 0)
+                _mm_prefetch((const char *)(r + h) + PREFETCH_BYTES, _MM_HINT_T0);
+            a0 = _mm256_fmadd_ps(load8(r + h), _mm256_loadu_ps(x + h), a0);
+        }
+        out[v] = hsum(a0);
+    }
+}
+
+/* out[m * ldo + v] for v in [v0, v1) */
+static void part(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
                  long v0, long v1, long ldo) {
+    if (m_rows == 1) {
+        rows_of_one(x, w, out, h_dim, v0, v1);
+        return;
+    }
     float buf[4 * h_dim];
     long v = v0;
     for (; v + 4 <= v1; v += 4)
@@ -101,69 +123,88 @@ void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, lon
     for (; v < v1; v++)
         one_row(x, w + v * h_dim, out + v, m_rows, h_dim, ldo);
 }
+
+/* out[m * v_rows + v] = sum_h x[m * h_dim + h] * w[v * h_dim + h]; h_dim % 8 == 0. The
+   vocabulary is split into `parts` slices run by OpenMP threads (torch's own pool, as both use
+   the process's libgomp; serial when compiled without OpenMP). */
+void bf16_logits(const float *x, const uint16_t *w, float *out, long m_rows, long h_dim,
+                 long v_rows, int parts) {
+    long step = ((v_rows + parts - 1) / parts + 63) / 64 * 64;
+    #pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int t = 0; t < parts; t++) {
+        long v0 = t * step, v1 = v0 + step < v_rows ? v0 + step : v_rows;
+        if (v0 < v1)
+            part(x, w, out, m_rows, h_dim, v0, v1, v_rows);
+    }
+}
+
+/* four consecutive rows against one activation row, four independent accumulators (the FMA
+   latency is hidden; each row's sums are those of one_row) */
+static void four_of_one(const float *x, const uint16_t *r, const float *bias, float *out,
+                        long h_dim) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (long h = 0; h < h_dim; h += 8) {
+        __m256 p = _mm256_loadu_ps(x + h);
+        a0 = _mm256_fmadd_ps(load8(r + h), p, a0);
+        a1 = _mm256_fmadd_ps(load8(r + h_dim + h), p, a1);
+        a2 = _mm256_fmadd_ps(load8(r + 2 * h_dim + h), p, a2);
+        a3 = _mm256_fmadd_ps(load8(r + 3 * h_dim + h), p, a3);
+    }
+    out[0] = hsum(a0) + bias[0]; out[1] = hsum(a1) + bias[1];
+    out[2] = hsum(a2) + bias[2]; out[3] = hsum(a3) + bias[3];
+}
+
+/* Expert products of a few token/expert pairs, each its own matrix:
+   out[p][n] = (sum_h x[p][h] * w[ids[p]][n][h]) + bias[ids[p]][n] for n < n_rows; each pair's
+   rows are split into `parts` slices run by OpenMP threads. */
+void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int64_t *ids,
+                float *out, long pairs, long n_rows, long h_dim, int parts) {
+    long step = ((n_rows + parts - 1) / parts + 3) / 4 * 4;
+    #pragma omp parallel for num_threads(parts) schedule(static)
+    for (long i = 0; i < pairs * parts; i++) {
+        long p = i / parts, n0 = (i % parts) * step, n1 = n0 + step < n_rows ? n0 + step : n_rows;
+        const float *xp = x + p * h_dim, *b = bias + ids[p] * n_rows;
+        const uint16_t *wp = w + ids[p] * n_rows * h_dim;
+        float *o = out + p * n_rows;
+        long n = n0;
+        for (; n + 4 <= n1; n += 4)
+            four_of_one(xp, wp + n * h_dim, b + n, o + n, h_dim);
+        for (; n < n1; n++) {
+            one_row(xp, wp + n * h_dim, o + n, 1, h_dim, 1);
+            o[n] += b[n];
+        }
+    }
+}
 """
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GPTOSS_SERVE_CACHE", Path.home() / ".cache" / "gptoss-serve"))
-
-
-def _compile(target: Path) -> None:
-    """Build the shared library at `target` (atomically: compile to a temporary, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / "bf16_logits.c", Path(tmp) / target.name
-        src.write_text(_C_SOURCE)
-        cmd = [os.environ.get("CC", "cc"), "-O3", "-mavx2", "-mfma", "-shared", "-fPIC",
-               "-o", str(lib), str(src)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        os.replace(lib, target)
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.bf16_logits.restype = lib.bf16_pairs.restype = None
+    lib.bf16_logits.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    lib.bf16_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
 
 
 @functools.cache
-def _load() -> tuple[ctypes._CFuncPtr | None, str]:
-    """(the C function, how) or (None, why not); compiled on first use, then cached on disk."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return None, "no AVX2/FMA on this CPU"
-    digest = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"bf16_logits-{digest}.so"
-    try:
-        if not target.exists():
-            _compile(target)
-        fn = ctypes.CDLL(str(target)).bf16_logits
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        log.warning("bf16 logits kernel unavailable (%s %s); using upcast chunks", exc,
-                    detail.decode(errors="replace")[:300])
-        return None, f"C kernel unavailable ({type(exc).__name__})"
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5
-    return fn, f"AVX2 C kernel ({target})"
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(the C library, how) or (None, why not); see `cpu_c.load`."""
+    return cpu_c.load("bf16_logits", _C_SOURCE, _declare)
 
 
 def bf16_logits_status() -> str:
     """One line for the start-up log: how bf16-weight logits are computed here."""
-    fn, how = _load()
-    return how if fn is not None else f"upcast chunks: {how}"
+    lib, how = _load()
+    return how if lib is not None else f"upcast chunks: {how}"
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="logits")
+def _parts(rows: int) -> int:
+    return max(1, min(kernel_threads(), rows // MIN_ROWS_PER_THREAD))
 
 
-def _run_c(fn: ctypes._CFuncPtr, x: torch.Tensor, weight: torch.Tensor,
-           out: torch.Tensor) -> None:
-    """All logits, the vocabulary split over torch's intra-op thread count."""
+def _run_c(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """All logits, the vocabulary split over torch's intra-op thread count (at least
+    `MIN_ROWS_PER_THREAD` rows each)."""
     (m, h), v = x.shape, weight.shape[0]
-    args = (x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h)
-    parts = max(1, min(torch.get_num_threads(), v // 1024))
-    step = (-(-v // parts) + 3) // 4 * 4
-    bounds = [(s, min(v, s + step)) for s in range(0, v, step)]
-    futures = [_pool(parts).submit(fn, *args, s, e, v) for s, e in bounds[1:]]
-    fn(*args, *bounds[0], v)
-    for f in futures:
-        f.result()
+    lib.bf16_logits(x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h, v, _parts(v))
 
 
 def _chunked(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
@@ -182,11 +223,43 @@ def logits_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return logits_ref(x, weight)
     x = x.float().contiguous()
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    fn = _load()[0]
+    lib = _load()[0]
     if x.shape[0] == 0 or weight.shape[0] == 0:
         return out
-    if fn is None or x.shape[1] % 8 or not weight.is_contiguous():
+    if lib is None or x.shape[1] % 8 or not weight.is_contiguous():
         _chunked(x, weight, out)
     else:
-        _run_c(fn, x, weight, out)
+        _run_c(lib, x, weight, out)
+    return out
+
+
+def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T + bias in x's dtype (the signature of `F.linear`, plus `out`). A bf16 `w` under
+    float32 rows (the CPU set keeps bf16 attention projections and experts: the checkpoint's
+    values, half the bytes) goes through the C kernel for up to `BF16_KERNEL_ROWS` rows and is
+    upcast for more (then the matmul's arithmetic dominates)."""
+    if w.dtype == x.dtype:
+        return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
+    if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
+        return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
+    y = logits_cpu(x, w).add_(bias)
+    return y if out is None else out.copy_(y)
+
+
+def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               ids: torch.Tensor) -> torch.Tensor | None:
+    """out[p] = x[p] @ weight[ids[p]].T + bias[ids[p]] as float32 [P, N], for x float32 [P, H],
+    weight bf16 [E, N, H], bias float32 [E, N], ids int64 [P]: one call for every token/expert
+    pair of a decode step. Each row is the same float32 sum as `logits_cpu(x[p:p+1],
+    weight[ids[p]])` plus the bias (bit for bit). None where the C kernel cannot run."""
+    lib = _load()[0]
+    e, n, h = weight.shape
+    dtypes = (weight.dtype, x.dtype, bias.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    if lib is None or h % 8 or not dtypes or not (weight.is_contiguous() and bias.is_contiguous()):
+        return None
+    x, ids = x.contiguous(), ids.to(torch.int64).contiguous()
+    out = torch.empty(x.shape[0], n, dtype=torch.float32)
+    lib.bf16_pairs(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), ids.data_ptr(),
+                   out.data_ptr(), x.shape[0], n, h, _parts(n))
     return out

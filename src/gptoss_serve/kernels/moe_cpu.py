@@ -6,9 +6,12 @@ Same signature and maths as `kernels/moe.py: moe_ref` (its oracle). Differences 
   `index_add_`: no per-token Python and one host sync per call (the per-expert counts);
 - dense experts (`ExpertWeights.w1/w2`, e.g. the copy `MoEBlock` keeps on CPU, see
   `dense_experts_fit`) are used as they are: in the activation dtype, or in bf16 (the CPU set's
-  choice: exact for MXFP4 values, half the bytes) through the bf16-weight kernel of
-  `kernels/logits_cpu.py` with float32 accumulation; packed MXFP4 experts are
-  dequantized per step, only those used, with a byte-wise lookup table (`dequantize_lut`).
+  choice: exact for MXFP4 values, half the bytes) through `logits_cpu.linear_cpu` (the
+  bf16-weight kernel for a few rows, float32 accumulation); packed MXFP4 experts are
+  dequantized per step, only those used, with a byte-wise lookup table (`dequantize_lut`);
+- a decode step's few pairs (up to `PAIRS_MAX`) on bf16 experts skip the per-expert loop: one
+  call of the pair kernel (`logits_cpu.bf16_pairs`) for all first projections, one SwiGLU, one
+  call for all second projections; the same float32 sums, so the same result bit for bit.
 
 Owns the CPU memory budget rule for dequantized experts. Knows nothing of modules or loading.
 """
@@ -20,7 +23,7 @@ import os
 
 import torch
 
-from gptoss_serve.kernels.logits_cpu import logits_cpu
+from gptoss_serve.kernels.logits_cpu import bf16_pairs, linear_cpu
 from gptoss_serve.kernels.moe import ExpertWeights, route, swiglu
 from gptoss_serve.model.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
 
@@ -29,7 +32,7 @@ GIB = 1 << 30
 # Dequantized experts may use at most this share of the memory available at start-up, and at
 # most GPTOSS_CPU_DENSE_EXPERTS_GIB (default 16) GiB; otherwise experts stay packed.
 DENSE_EXPERTS_SHARE = 0.5
-BF16_KERNEL_ROWS = 64  # bf16 dense experts: tokens per expert up to which the C kernel runs
+PAIRS_MAX = 16  # token/expert pairs (4 tokens at top-4) up to which one pair-kernel call runs
 _LUTS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
 
@@ -82,17 +85,35 @@ def _expert_weights(experts: ExpertWeights, e: int,
     return experts.w1[e], experts.w2[e]
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ w.T + bias in x's dtype. A bf16 `w` under float32 rows (the CPU set's dense experts)
-    goes through the bf16-weight kernel of `logits_cpu` for a few rows (it reads half the bytes)
-    and is upcast for many (then the matmul's arithmetic dominates)."""
-    if w.dtype == x.dtype:
-        return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
-    if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
-        return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
-    y = logits_cpu(x, w).add_(bias)
-    return y if out is None else out.copy_(y)
+def _per_expert(xs: torch.Tensor, experts: ExpertWeights, counts: list[int], limit: float,
+                alpha: float) -> torch.Tensor:
+    """Rows `xs` sorted by expert (`counts` per expert) through their experts: one matmul pair
+    per used expert."""
+    ys = torch.empty(xs.shape[0], experts.w2_bias.shape[-1], dtype=xs.dtype, device=xs.device)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        w1, w2 = _expert_weights(experts, e, xs.dtype)
+        rows = slice(start, start + n)
+        u = linear_cpu(xs[rows], w1, experts.w1_bias[e])
+        a = swiglu(u, limit, alpha)
+        linear_cpu(a, w2, experts.w2_bias[e], out=ys[rows])
+        start += n
+    return ys
+
+
+def _pairs(xs: torch.Tensor, experts: ExpertWeights, ids: torch.Tensor, limit: float,
+           alpha: float) -> torch.Tensor | None:
+    """The same rows through the bf16 pair kernel (two C calls for all pairs, the same sums as
+    `_per_expert`), or None where it does not apply (not a few float32 rows on bf16 experts)."""
+    if (xs.shape[0] > PAIRS_MAX or experts.is_mxfp4 or xs.dtype != torch.float32
+            or experts.w1.dtype != torch.bfloat16):
+        return None
+    u = bf16_pairs(xs, experts.w1, experts.w1_bias, ids)
+    if u is None:
+        return None
+    return bf16_pairs(swiglu(u, limit, alpha), experts.w2, experts.w2_bias, ids)
 
 
 def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
@@ -102,20 +123,12 @@ def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
     ids, weights = route(x, router_w, router_b, top_k)
     flat = ids.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=experts.num_experts).tolist()
     tok = order // top_k
     xs = x[tok]
-    ys = torch.empty(xs.shape[0], experts.w2_bias.shape[-1], dtype=x.dtype, device=x.device)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        w1, w2 = _expert_weights(experts, e, x.dtype)
-        rows = slice(start, start + n)
-        u = _linear(xs[rows], w1, experts.w1_bias[e])
-        a = swiglu(u, swiglu_limit, swiglu_alpha)
-        _linear(a, w2, experts.w2_bias[e], out=ys[rows])
-        start += n
+    ys = _pairs(xs, experts, flat[order], swiglu_limit, swiglu_alpha)
+    if ys is None:
+        counts = torch.bincount(flat, minlength=experts.num_experts).tolist()
+        ys = _per_expert(xs, experts, counts, swiglu_limit, swiglu_alpha)
     ys = ys.float() * weights.reshape(-1)[order].unsqueeze(-1)
     out = torch.zeros(x.shape[0], ys.shape[1], dtype=torch.float32, device=x.device)
     return out.index_add_(0, tok, ys).to(x.dtype)

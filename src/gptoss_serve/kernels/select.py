@@ -4,7 +4,7 @@ once at start-up.
 Owns the `KernelSet` contract. Every implementation has the signature of its plain-torch
 reference (`kernels/attention.py: paged_attention_ref`, `kernels/moe.py: moe_ref`,
 `kernels/norm.py: rms_norm_ref`, `kernels/rope_kv.py: rope_kv_write_ref`,
-`kernels/logits.py: logits_ref`). Triton modules are
+`kernels/logits.py: logits_ref, linear_ref`). Triton modules are
 imported only inside `choose_kernels`, so importing gptoss_serve never imports triton.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from gptoss_serve.errors import StartupError
 from gptoss_serve.kernels.attention import paged_attention_ref
-from gptoss_serve.kernels.logits import logits_ref
+from gptoss_serve.kernels.logits import linear_ref, logits_ref
 from gptoss_serve.kernels.moe import moe_ref
 from gptoss_serve.kernels.norm import rms_norm_ref
 from gptoss_serve.kernels.rope_kv import rope_kv_write_ref
@@ -39,6 +39,9 @@ class KernelSet:
     logits: Callable = logits_ref  # same signature as logits_ref
     unembedding_dtype: torch.dtype | None = None  # keep the unembedding in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16 and accumulates in float32
+    linear: Callable = linear_ref  # attention qkv/out projections, same signature
+    projection_dtype: torch.dtype | None = None  # keep those weights in this dtype (else the
+    # model's): the CPU set keeps the checkpoint's bf16, read by `linear`
 
 
 def reference_kernels(reason: str = "") -> KernelSet:
@@ -61,17 +64,19 @@ def triton_kernels(why: str) -> KernelSet:
 
 def cpu_kernels(why: str) -> KernelSet:
     """The CPU set: batched-decode/SDPA attention, grouped MoE over experts dequantized to bf16
-    (exact for MXFP4), logits from a bf16 unembedding; both accumulate in float32."""
+    (exact for MXFP4), logits and attention projections from bf16 weights (the checkpoint's);
+    all accumulate in float32."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
-    from gptoss_serve.kernels.logits_cpu import bf16_logits_status, logits_cpu
+    from gptoss_serve.kernels.logits_cpu import bf16_logits_status, linear_cpu, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
 
     return KernelSet(paged_attention_cpu, moe_cpu,
                      "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
                      "dequantized once to bf16 where memory allows), logits from the bf16 "
-                     "unembedding "
+                     "unembedding and attention projections "
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
-                     unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16)
+                     unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
+                     linear=linear_cpu, projection_dtype=torch.bfloat16)
 
 
 def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:

@@ -97,19 +97,21 @@ class AttentionBlock(nn.Module):
         after which attention gets k = v = None (the cache already holds them).
         """
         t, d = h.shape[0], self.head_dim
-        q, k, v = self.qkv(h).split([self.n_q * d, self.n_kv * d, self.n_kv * d], dim=-1)
+        qkv = kernels.linear(h, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.split([self.n_q * d, self.n_kv * d, self.n_kv * d], dim=-1)
         q, k, v = q.view(t, self.n_q, d), k.view(t, self.n_kv, d), v.view(t, self.n_kv, d)
         pool = batch.pool(self.sliding)
         if kernels.is_triton:
             q, _ = kernels.rope_kv_write(q, k, v, batch.positions, *rope, k_cache, v_cache,
                                          pool.slot_mapping)
             k = v = None
-        else:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        else:  # q and k heads are adjacent in the qkv row: one rotation for both
+            qk = qkv[:, :(self.n_q + self.n_kv) * d].view(t, self.n_q + self.n_kv, d)
+            q, k = apply_rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
         o = kernels.attention(q, k, v, k_cache, v_cache, pool.slot_mapping, pool.block_tables,
                               batch.query_start_loc, batch.seq_lens, self.sinks, self.sm_scale,
                               self.window)
-        return self.out(o.reshape(t, self.n_q * d))
+        return kernels.linear(o.reshape(t, self.n_q * d), self.out.weight, self.out.bias)
 
 
 class MoEBlock(nn.Module):
@@ -187,11 +189,16 @@ class GptOssModel(nn.Module):
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
         """Allocate every tensor on `device`, zeroed: norms and sinks float32, MXFP4 uint8, the
-        unembedding in `kernels.unembedding_dtype` when the kernel set names one."""
+        unembedding in `kernels.unembedding_dtype` and the attention projections' weights in
+        `kernels.projection_dtype` when the kernel set names them."""
+        projections = {id(b.attn.qkv.weight) for b in self.block} | {
+            id(b.attn.out.weight) for b in self.block}
         for module in self.modules():
             for name, t in list(module.named_parameters(recurse=False)):
                 keep32 = isinstance(module, RMSNorm) or name == "sinks"
                 want = self.kernels.unembedding_dtype if module is self.unembedding else None
+                if id(t) in projections:
+                    want = self.kernels.projection_dtype
                 want = torch.float32 if keep32 else want or dtype
                 new = torch.zeros(t.shape, dtype=want, device=device)
                 setattr(module, name, nn.Parameter(new, requires_grad=False))
