@@ -73,16 +73,18 @@ def fill_random_(model: GptOssModel, config: ModelConfig, seed: int = 0) -> None
             t.normal_(0.0, 1.0 / math.sqrt(t.shape[-1]))
 
 
-def build_model(preset: str, device: str, kernels: KernelSet, layers: int | None = None
-                ) -> tuple[GptOssModel, ModelConfig]:
-    """The preset's model with random weights (its first `layers` layers when given)."""
+def build_model(preset: str, device: str, kernels: KernelSet, layers: int | None = None,
+                dtype: torch.dtype | None = None) -> tuple[GptOssModel, ModelConfig]:
+    """The preset's model with random weights (its first `layers` layers when given), in
+    `dtype` (default: bf16 on CUDA, float32 elsewhere)."""
     hf = preset_config(preset)
     if layers is not None:
         hf["num_hidden_layers"] = layers
         if hf.get("layer_types"):
             hf["layer_types"] = hf["layer_types"][:layers]
     config = ModelConfig.from_hf_dict(hf)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = GptOssModel(config, dtype, device, kernels=kernels)
     fill_random_(model, config)
     return model, config
