@@ -7,7 +7,9 @@ into a call of the module that owns the work; no logic lives here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 # ---- make-checkpoint (owner: model/synthetic.py) -------------------------------------------------
@@ -78,16 +80,13 @@ def _current_date(value: str) -> str | None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
-    import os
-    from pathlib import Path
 
     from gptoss_serve.api.server import ServeOptions, run_server
     from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
 
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, format=fmt)
-    cache_root = os.environ.get("GPTOSS_SERVE_CACHE") or Path.home() / ".cache" / "gptoss-serve"
-    tiny = Path(cache_root) / "tiny"  # the built-in random checkpoint
+    tiny = _tiny_dir()  # the built-in random checkpoint
     server = ServerConfig(
         host=args.host, port=args.port,
         api_key=args.api_key or os.environ.get("GPTOSS_API_KEY") or None,
@@ -102,6 +101,68 @@ def _run_serve(args: argparse.Namespace) -> int:
         sched=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                               max_num_batched_tokens=args.max_num_batched_tokens),
     ))
+
+
+# ---- chat (owner: chat_repl.py) ------------------------------------------------------------------
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="talk to a checkpoint in the terminal (no HTTP)")
+    a = p.add_argument
+    a("--model", default=None, help="checkpoint folder or hub name (default: tiny random model)")
+    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
+    a("--kernels", default="auto", choices=["auto", "triton", "reference"])
+    a("--enforce-eager", action="store_true", help="no CUDA graphs for the decode step")
+    a("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    a("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
+    a("--system", default=None, help="an instruction for the whole conversation")
+    a("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
+    a("--max-tokens", type=_positive_int, default=1024, help="per answer (cut to the context)")
+    a("--temperature", type=float, default=0.7)
+    a("--top-p", type=float, default=1.0)
+    a("--seed", type=int, default=None)
+    a("--show-reasoning", action="store_true", help="print the chain of thought, marked")
+    a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from gptoss_serve.chat_repl import ChatOptions, run_chat
+    from gptoss_serve.config import CacheConfig, SchedulerConfig
+    from gptoss_serve.engine.engine import LLMEngine
+
+    model = args.model or str(_tiny_checkpoint())
+    if args.model is None:
+        print(f"no --model given: a tiny RANDOM checkpoint ({model}); its answers are noise")
+    engine = LLMEngine.from_config(
+        model, dtype=args.dtype, device=args.device, kernels=args.kernels,
+        cuda_graphs=not args.enforce_eager,
+        cache=CacheConfig(kv_cache_memory_gib=args.kv_cache_memory),
+        sched=SchedulerConfig(max_num_seqs=1, max_model_len=args.max_model_len))
+    options = ChatOptions(
+        system=args.system, reasoning_effort=args.reasoning_effort, max_tokens=args.max_tokens,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        show_reasoning=args.show_reasoning, current_date=_current_date(args.current_date))
+    print("type a message; /reset forgets the conversation, /exit (or Ctrl-D) leaves")
+    return run_chat(engine, options, _read_line, sys.stdout)
+
+
+def _tiny_dir() -> Path:
+    """Where the built-in tiny random checkpoint lives ($GPTOSS_SERVE_CACHE/tiny)."""
+    cache_root = os.environ.get("GPTOSS_SERVE_CACHE") or Path.home() / ".cache" / "gptoss-serve"
+    return Path(cache_root) / "tiny"
+
+
+def _read_line() -> str | None:
+    try:
+        return input("> " if sys.stdin.isatty() else "")
+    except EOFError:
+        return None
+
+
+def _tiny_checkpoint() -> Path:
+    from gptoss_serve.api.server import tiny_checkpoint
+
+    return tiny_checkpoint(_tiny_dir())
 
 
 # ---- bench (owner: bench/) -----------------------------------------------------------------------
@@ -165,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptoss-serve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_chat(sub)
     _add_bench(sub)
     _add_make_checkpoint(sub)
     return parser
