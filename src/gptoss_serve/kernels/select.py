@@ -36,6 +36,8 @@ class KernelSet:
     is_triton: bool = False
     dense_experts: bool = False  # MoEBlock keeps experts dequantized (CPU, within a budget)
     expert_dtype: torch.dtype | None = None  # dtype of those experts (else the model's)
+    packed_decode_experts: bool = False  # keep the packed MXFP4 experts beside that dense
+    # copy: the CPU set's few-pair decode kernel reads them (a quarter of the bytes)
     logits: Callable = logits_ref  # same signature as logits_ref
     unembedding_dtype: torch.dtype | None = None  # keep the unembedding in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16 and accumulates in float32
@@ -64,8 +66,8 @@ def triton_kernels(why: str) -> KernelSet:
 
 def cpu_kernels(why: str) -> KernelSet:
     """The CPU set: batched-decode/SDPA attention, grouped MoE over experts dequantized to bf16
-    (exact for MXFP4), logits and attention projections from bf16 weights (the checkpoint's);
-    all accumulate in float32."""
+    (exact for MXFP4; decode steps read the packed MXFP4 copy kept beside it), logits and
+    attention projections from bf16 weights (the checkpoint's); all accumulate in float32."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
     from gptoss_serve.kernels.logits_cpu import bf16_logits_status, linear_cpu, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
@@ -76,6 +78,7 @@ def cpu_kernels(why: str) -> KernelSet:
                      "unembedding and attention projections "
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
+                     packed_decode_experts=True,
                      linear=linear_cpu, projection_dtype=torch.bfloat16)
 
 
