@@ -143,42 +143,6 @@ def test_bf16_pairs_declines_what_it_cannot_run():
     assert lc.bf16_pairs(torch.zeros(1, 12), weight[..., :12], bias, ids) is None
 
 
-@pytest.mark.parametrize("pairs,n,h,scale_range", [
-    (4, 1024, 64, (118, 130)), (3, 67, 96, (0, 8)), (1, 1, 32, (120, 127)),
-    (16, 130, 160, (90, 160))])
-def test_mxfp4_pairs_equals_bf16_pairs_on_the_dequantized_copy(threads, pairs, n, h,
-                                                              scale_range):
-    """Decoding the packed experts in the kernel gives the very sums of the bf16 copy that
-    `mxfp4.dequantize` makes (every code, odd row counts, subnormal scales), bit for bit."""
-    g = torch.Generator().manual_seed(pairs * n + h)
-    experts = 5
-    blocks = torch.randint(0, 256, (experts, n, h // 32, 16), generator=g, dtype=torch.uint8)
-    scales = torch.randint(*scale_range, (experts, n, h // 32), generator=g, dtype=torch.uint8)
-    bias = torch.randn(experts, n, generator=g)
-    x = torch.randn(pairs, h, generator=g)
-    ids = torch.randint(0, experts, (pairs,), generator=g)
-    got = lc.mxfp4_pairs(x, blocks, scales, bias, ids)
-    if got is None:
-        pytest.skip("no C kernel here")
-    dense = dequantize(blocks, scales, torch.bfloat16)
-    assert torch.equal(dense.float(), dequantize(blocks, scales, torch.float32))  # exact copy
-    assert torch.equal(got, lc.bf16_pairs(x, dense, bias, ids))
-    exact = torch.einsum("ph,pnh->pn", x.double(), dense[ids].double()) + bias[ids].double()
-    torch.testing.assert_close(got, exact.float(), atol=1e-5 * exact.abs().max().item(),
-                               rtol=1e-5)
-
-
-def test_mxfp4_pairs_declines_what_it_cannot_run():
-    blocks = torch.zeros(2, 8, 2, 16, dtype=torch.uint8)
-    scales, bias = torch.zeros(2, 8, 2, dtype=torch.uint8), torch.zeros(2, 8)
-    ids = torch.zeros(1, dtype=torch.int64)
-    assert lc.mxfp4_pairs(torch.zeros(1, 64, dtype=torch.bfloat16), blocks, scales, bias,
-                          ids) is None
-    assert lc.mxfp4_pairs(torch.zeros(1, 32), blocks, scales, bias, ids) is None
-    assert lc.mxfp4_pairs(torch.zeros(1, 64), blocks, scales[:, :, :1], bias, ids) is None
-    assert lc.mxfp4_pairs(torch.zeros(1, 64), blocks, scales, bias.double(), ids) is None
-
-
 @pytest.mark.parametrize("rows", [1, 5, lc.BF16_KERNEL_ROWS + 3])
 def test_linear_cpu_bf16_weight_matches_reference(rows):
     """Both paths of `linear_cpu` (C kernel for few rows, upcast matmul for many) against

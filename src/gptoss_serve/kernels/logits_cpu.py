@@ -36,23 +36,8 @@ CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=
 BF16_KERNEL_ROWS = 64  # linear_cpu: activation rows up to which a bf16 weight takes the C kernel
 MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
 
-_C_SOURCE = r"""
-#include <immintrin.h>
-#include <stdint.h>
-#include <string.h>
-
+_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
 #define PREFETCH_BYTES 4096  /* how far ahead of the single-row read (measured: 1-8 KiB alike) */
-
-static inline __m256 load8(const uint16_t *p) {  /* 8 bf16 -> 8 float32, exact */
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-}
 
 #define ROW(k) w = _mm256_loadu_ps(f##k + h); a##k = _mm256_fmadd_ps(w, p, a##k); \
                  b##k = _mm256_fmadd_ps(w, q, b##k); c##k = _mm256_fmadd_ps(w, r, c##k);
@@ -177,64 +162,6 @@ void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int6
     }
 }
 
-/* 8 MXFP4 weights from 4 packed bytes (element 2i is byte i's low nibble): the magnitude from
-   `table` (the 8 E2M1 magnitudes already times the block's scale: exact, powers of two), the
-   sign from the code's bit 3. The same float32 values as the bf16 copy widened by load8. */
-static inline __m256 fp4x8(const uint8_t *p, __m256 table) {
-    int32_t word;
-    memcpy(&word, p, 4);
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    __m256i c = _mm256_srlv_epi32(_mm256_set1_epi32(word), shifts);  /* code in bits 0-3 */
-    __m256 sign = _mm256_and_ps(_mm256_castsi256_ps(_mm256_slli_epi32(c, 28)),
-                                _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u)));
-    return _mm256_xor_ps(_mm256_permutevar8x32_ps(table, c), sign);  /* index: bits 0-2 */
-}
-
-static inline __m256 scaled_table(uint8_t s) {  /* E2M1 magnitudes times 2^(s - 127) */
-    uint32_t bits = s ? (uint32_t)s << 23 : 0x00400000u;  /* 2^-127 is subnormal */
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return _mm256_mul_ps(_mm256_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f),
-                         _mm256_set1_ps(scale));
-}
-
-/* two MXFP4 rows (g_dim blocks of 32 each, rows ld blocks apart) against one activation row:
-   per row one 8-lane accumulator along h, as in four_of_one, so the same sums */
-static void fp4_two(const float *x, const uint8_t *blk, const uint8_t *sc, long ld,
-                    long g_dim, int both, float *out, const float *bias) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    const uint8_t *b1 = both ? blk + ld * 16 : blk, *s1 = both ? sc + ld : sc;
-    for (long g = 0; g < g_dim; g++) {
-        __m256 t0 = scaled_table(sc[g]), t1 = scaled_table(s1[g]);
-        const uint8_t *p0 = blk + g * 16, *p1 = b1 + g * 16;
-        const float *xg = x + g * 32;
-        for (int k = 0; k < 4; k++) {
-            __m256 xv = _mm256_loadu_ps(xg + 8 * k);
-            a0 = _mm256_fmadd_ps(fp4x8(p0 + 4 * k, t0), xv, a0);
-            a1 = _mm256_fmadd_ps(fp4x8(p1 + 4 * k, t1), xv, a1);
-        }
-    }
-    out[0] = hsum(a0) + bias[0];
-    if (both)
-        out[1] = hsum(a1) + bias[1];
-}
-
-/* bf16_pairs for packed MXFP4 experts: blocks [E][n_rows][g_dim][16], scales
-   [E][n_rows][g_dim]; the same sums as bf16_pairs on the dequantized bf16 copy */
-void mxfp4_pairs(const float *x, const uint8_t *blocks, const uint8_t *scales,
-                 const float *bias, const int64_t *ids, float *out, long pairs, long n_rows,
-                 long g_dim, int parts) {
-    long step = ((n_rows + parts - 1) / parts + 1) / 2 * 2;
-    #pragma omp parallel for num_threads(parts) schedule(static)
-    for (long i = 0; i < pairs * parts; i++) {
-        long p = i / parts, n0 = (i % parts) * step, n1 = n0 + step < n_rows ? n0 + step : n_rows;
-        long row0 = ids[p] * n_rows;
-        for (long n = n0; n < n1; n += 2)
-            fp4_two(x + p * g_dim * 32, blocks + (row0 + n) * g_dim * 16,
-                    scales + (row0 + n) * g_dim, g_dim, g_dim, n + 1 < n1,
-                    out + p * n_rows + n, bias + row0 + n);
-    }
-}
 """
 
 
@@ -242,8 +169,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.bf16_logits.restype = lib.bf16_pairs.restype = None
     lib.bf16_logits.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.bf16_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    lib.mxfp4_pairs.restype = None
-    lib.mxfp4_pairs.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int]
 
 
 @functools.cache
@@ -326,23 +251,3 @@ def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    out.data_ptr(), x.shape[0], n, h, _parts(n))
     return out
 
-
-def mxfp4_pairs(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor,
-                ids: torch.Tensor) -> torch.Tensor | None:
-    """`bf16_pairs` straight from packed MXFP4 experts: blocks uint8 [E, N, G, 16], scales uint8
-    [E, N, G] (H = 32 G), bias float32 [E, N], x float32 [P, H], ids [P]. A quarter of the bf16
-    copy's bytes per pair; each weight is decoded in registers to the value the bf16 copy holds
-    and summed in the same order, so the result equals `bf16_pairs` on that copy bit for bit.
-    None where the C kernel cannot run."""
-    lib = _load()[0]
-    e, n, g, width = blocks.shape
-    ok = (x.dtype == bias.dtype == torch.float32 and blocks.dtype == scales.dtype == torch.uint8
-          and width == 16 and tuple(scales.shape) == (e, n, g) and x.shape[1] == 32 * g)
-    if lib is None or not ok or not (blocks.is_contiguous() and scales.is_contiguous()
-                                     and bias.is_contiguous()):
-        return None
-    x, ids = x.contiguous(), ids.to(torch.int64).contiguous()
-    out = torch.empty(x.shape[0], n, dtype=torch.float32)
-    lib.mxfp4_pairs(x.data_ptr(), blocks.data_ptr(), scales.data_ptr(), bias.data_ptr(),
-                    ids.data_ptr(), out.data_ptr(), x.shape[0], n, g, _parts(n))
-    return out

@@ -26,8 +26,9 @@ import os
 
 import torch
 
-from gptoss_serve.kernels.logits_cpu import bf16_pairs, linear_cpu, mxfp4_pairs
+from gptoss_serve.kernels.logits_cpu import bf16_pairs, linear_cpu
 from gptoss_serve.kernels.moe import ExpertWeights, route, swiglu
+from gptoss_serve.kernels.mxfp4_cpu import moe_decode, mxfp4_pairs
 from gptoss_serve.model.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ GIB = 1 << 30
 # most GPTOSS_CPU_DENSE_EXPERTS_GIB (default 16) GiB; otherwise experts stay packed.
 DENSE_EXPERTS_SHARE = 0.5
 PAIRS_MAX = 16  # token/expert pairs (4 tokens at top-4) up to which one pair-kernel call runs
+FUSED_DECODE = True  # those steps on packed experts: the whole layer in one C call
 _LUTS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
 
@@ -139,6 +141,10 @@ def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
             experts: ExpertWeights, top_k: int, swiglu_limit: float = 7.0,
             swiglu_alpha: float = 1.702) -> torch.Tensor:
     """y[t] = sum_k w[t,k] * expert_{e[t,k]}(x[t]); x [T, H] -> [T, H] in x's dtype."""
+    if x.shape[0] * top_k <= PAIRS_MAX and FUSED_DECODE:
+        out = moe_decode(x, router_w, router_b, experts, top_k, swiglu_limit, swiglu_alpha)
+        if out is not None:
+            return out
     ids, weights = route(x, router_w, router_b, top_k)
     flat = ids.reshape(-1)
     order = torch.argsort(flat, stable=True)
