@@ -66,11 +66,13 @@ def triton_kernels(why: str) -> KernelSet:
 
 def cpu_kernels(why: str) -> KernelSet:
     """The CPU set: batched-decode/SDPA attention, grouped MoE over experts dequantized to bf16
-    (exact for MXFP4; decode steps read the packed MXFP4 copy kept beside it), logits and
-    attention projections from bf16 weights (the checkpoint's); all accumulate in float32."""
+    (exact for MXFP4; decode steps read the packed MXFP4 copy kept beside it, one C call per
+    layer), logits and attention projections from bf16 weights (the checkpoint's), RMSNorm of
+    decode rows in C; all accumulate in float32."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
     from gptoss_serve.kernels.logits_cpu import bf16_logits_status, linear_cpu, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
+    from gptoss_serve.kernels.norm_cpu import rms_norm_cpu
 
     return KernelSet(paged_attention_cpu, moe_cpu,
                      "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
@@ -78,7 +80,7 @@ def cpu_kernels(why: str) -> KernelSet:
                      "unembedding and attention projections "
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
-                     packed_decode_experts=True,
+                     packed_decode_experts=True, rms_norm=rms_norm_cpu,
                      linear=linear_cpu, projection_dtype=torch.bfloat16)
 
 
