@@ -170,3 +170,23 @@ def test_cpu_set_keeps_attention_projections_bf16(tmp_path):
             assert f.weight.dtype == torch.bfloat16 and r.weight.dtype == torch.float32
             assert torch.equal(f.weight.float(), r.weight)  # the checkpoint's bf16 values
             assert f.bias.dtype == torch.float32 and torch.equal(f.bias, r.bias)
+
+
+@pytest.mark.parametrize("width", [1, 7, 13, 201088])
+def test_row_argmax_is_torch_argmax(width):
+    """First index on ties, NaN largest (the first NaN), -inf and +inf rows, tails past the
+    8-lane body: the same index as `torch.argmax`."""
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(8, width, generator=g)
+    x[1] = float("-inf")
+    x[2, -1] = float("nan")  # NaN in the tail
+    x[3, width // 2] = float("inf")
+    x[4, width - 1] = x[4, 0] = 40.0  # tie across the body and the tail
+    x[5, width // 3] = float("nan")
+    x[5, -1] = float("nan")
+    x[6] = 0.0
+    got = lc.row_argmax(x)
+    if got is None:
+        pytest.skip("no C kernel here")
+    assert torch.equal(got, x.argmax(dim=-1))
+    assert lc.row_argmax(x.double()) is None and lc.row_argmax(x[:, :0]) is None

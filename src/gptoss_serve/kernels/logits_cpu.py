@@ -162,6 +162,43 @@ void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int6
     }
 }
 
+/* out[r] = index of row r's largest value, the first on ties; the first NaN where there is one
+   (argmax's answer): one pass for the maximum (and any NaN), one up to its first occurrence */
+void row_argmax(const float *x, long rows, long n, int64_t *out) {
+    for (long r = 0; r < rows; r++) {
+        const float *p = x + r * n;
+        __m256 m = _mm256_set1_ps(-INFINITY), m2 = m, nan = _mm256_setzero_ps(), nan2 = nan;
+        long i = 0;
+        for (; i + 16 <= n; i += 16) {  /* two chains: max latency hidden */
+            __m256 v = _mm256_loadu_ps(p + i), w = _mm256_loadu_ps(p + i + 8);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            nan2 = _mm256_or_ps(nan2, _mm256_cmp_ps(w, w, _CMP_UNORD_Q));
+            m = _mm256_max_ps(m, v);
+            m2 = _mm256_max_ps(m2, w);
+        }
+        m = _mm256_max_ps(m, m2);
+        nan = _mm256_or_ps(nan, nan2);
+        float lanes[8], best = -INFINITY;
+        int has_nan = _mm256_movemask_ps(nan) != 0;
+        _mm256_storeu_ps(lanes, m);
+        for (int j = 0; j < 8; j++)
+            best = lanes[j] > best ? lanes[j] : best;
+        for (; i < n; i++) {
+            has_nan |= p[i] != p[i];
+            best = p[i] > best ? p[i] : best;
+        }
+        long k = 0;
+        if (!has_nan) {  /* whole 8-lane groups without the maximum skipped at once */
+            __m256 b = _mm256_set1_ps(best);
+            while (k + 8 <= n && !_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + k), b,
+                                                                   _CMP_EQ_OQ)))
+                k += 8;
+        }
+        while (k < n - 1 && (has_nan ? p[k] == p[k] : p[k] != best))
+            k++;
+        out[r] = k;
+    }
+}
 """
 
 
@@ -169,6 +206,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.bf16_logits.restype = lib.bf16_pairs.restype = None
     lib.bf16_logits.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.bf16_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    lib.row_argmax.restype = None
+    lib.row_argmax.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
 
 
 @functools.cache
@@ -251,3 +290,16 @@ def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    out.data_ptr(), x.shape[0], n, h, _parts(n))
     return out
 
+
+
+def row_argmax(x: torch.Tensor) -> torch.Tensor | None:
+    """`x.argmax(-1)` of a float32 [R, V] CPU tensor (first on ties, NaN largest) in C: two
+    passes at memory speed on one thread; None where the C kernel cannot run."""
+    lib = _load()[0]
+    if (lib is None or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu"
+            or x.shape[1] == 0):
+        return None
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    lib.row_argmax(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
+    return out
