@@ -253,10 +253,12 @@ def paged_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         sinks: torch.Tensor, sm_scale: float, window: int) -> torch.Tensor:
     """Write K/V into the cache, then attend; [T, Hq, D] in q's dtype (see paged_attention_ref)."""
     write_kv(k, v, k_cache, v_cache, slot_mapping)
-    out = torch.empty_like(q)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
     bs = k_cache.shape[1]
     plan = _cached_plan(block_tables, qsl, lens, bs, window)
+    if plan is not None and len(plan.rows) == q.shape[0]:  # decode only: rows 0..T-1 in order
+        return _decode(q, k_cache, v_cache, plan, sinks, sm_scale).to(q.dtype)
+    out = torch.empty_like(q)
     if plan is not None:
         out[plan.rows] = _decode(q, k_cache, v_cache, plan, sinks, sm_scale).to(q.dtype)
     for b, seq_len in enumerate(lens):

@@ -17,7 +17,7 @@ from gptoss_serve.kernels.moe import ExpertWeights
 from gptoss_serve.kernels.moe_cpu import claim_dense_experts, dequantize_lut
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
-from gptoss_serve.model.rope import Rotary, apply_rotary
+from gptoss_serve.model.rope import Rotary
 
 
 class RMSNorm(nn.Module):
@@ -109,7 +109,7 @@ class AttentionBlock(nn.Module):
             k = v = None
         else:  # q and k heads are adjacent in the qkv row: one rotation for both
             qk = qkv[:, :(self.n_q + self.n_kv) * d].view(t, self.n_q + self.n_kv, d)
-            q, k = apply_rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
+            q, k = kernels.rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
         o = kernels.attention(q, k, v, k_cache, v_cache, pool.slot_mapping, pool.block_tables,
                               batch.query_start_loc, batch.seq_lens, self.sinks, self.sm_scale,
                               self.window)
