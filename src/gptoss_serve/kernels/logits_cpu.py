@@ -35,6 +35,7 @@ from gptoss_serve.kernels.logits import logits_ref
 CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
 BF16_KERNEL_ROWS = 64  # linear_cpu: activation rows up to which a bf16 weight takes the C kernel
 MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
+_FIRST = torch.zeros(1, dtype=torch.int64)  # the expert id of a plain matrix in `bf16_pairs`
 
 _C_SOURCE = cpu_c.AVX_PRELUDE + r"""
 #define PREFETCH_BYTES 4096  /* how far ahead of the single-row read (measured: 1-8 KiB alike) */
@@ -263,13 +264,18 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w.T + bias in x's dtype (the signature of `F.linear`, plus `out`). A bf16 `w` under
     float32 rows (the CPU set keeps bf16 attention projections and experts: the checkpoint's
-    values, half the bytes) goes through the C kernel for up to `BF16_KERNEL_ROWS` rows and is
-    upcast for more (then the matmul's arithmetic dominates)."""
+    values, half the bytes) goes through the C kernel for up to `BF16_KERNEL_ROWS` rows (one
+    row: `bf16_pairs` with the bias added inside, the same sums) and is upcast for more (then
+    the matmul's arithmetic dominates)."""
     if w.dtype == x.dtype:
         return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
     if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
         return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
-    y = logits_cpu(x, w).add_(bias)
+    y = None
+    if x.shape[0] == 1 and bias.dtype == torch.float32:  # batch 1: the bias added in the call
+        y = bf16_pairs(x, w.unsqueeze(0), bias.unsqueeze(0), _FIRST)
+    if y is None:
+        y = logits_cpu(x, w).add_(bias)
     return y if out is None else out.copy_(y)
 
 
