@@ -118,3 +118,22 @@ def test_c_decode_matches_torch_decode(window, d, monkeypatch):
     want = paged_attention_ref(*args)
     torch.testing.assert_close(fast, torch_path, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(fast, want, atol=1e-5, rtol=1e-5)
+
+
+def test_c_kv_write_equals_write_kv():
+    """A decode step's K/V rows (strided views of the qkv row, one padding slot < 0) land in
+    the same cache slots, with the same values, as through `write_kv`; a slot past the cache
+    raises instead of writing."""
+    from gptoss_serve.kernels import attention_cpu as ac
+    from gptoss_serve.kernels.attention import write_kv
+
+    g = torch.Generator().manual_seed(8)
+    qkv = torch.randn(3, (4 + 2 * 2) * 16, generator=g)
+    k, v = qkv[:, 64:96].view(3, 2, 16), qkv[:, 96:].view(3, 2, 16)
+    slots = torch.tensor([5, -1, 12])
+    caches = [torch.zeros(4, 4, 2, 16) for _ in range(4)]
+    ac._write_kv(k, v, caches[0], caches[1], slots)
+    write_kv(k, v, caches[2], caches[3], slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+    with pytest.raises(IndexError):
+        ac._write_kv(k, v, caches[0], caches[1], torch.tensor([5, 16, 1]))

@@ -75,7 +75,8 @@ def test_cpu_set_keeps_unembedding_bf16(tmp_path):
     assert ref.unembedding.weight.dtype == torch.float32
     assert torch.equal(fast.unembedding.weight.float(), ref.unembedding.weight)
     for fb, rb in zip(fast.block, ref.block, strict=True):  # densified to bf16 at load, exactly
-        assert fb.mlp.mlp1_weight.blocks is None
+        assert torch.equal(fb.mlp.mlp1_weight.blocks, rb.mlp.mlp1_weight.blocks)  # kept packed
+        assert torch.equal(fb.mlp.mlp2_weight.scales, rb.mlp.mlp2_weight.scales)  # for decode
         assert fb.mlp.mlp1_weight.weight.dtype == torch.bfloat16
         want = dequantize(rb.mlp.mlp2_weight.blocks, rb.mlp.mlp2_weight.scales, torch.float32)
         assert torch.equal(fb.mlp.mlp2_weight.weight.float(), want)
@@ -157,6 +158,8 @@ def test_linear_cpu_bf16_weight_matches_reference(rows):
     torch.testing.assert_close(got, linear_ref(x, weight, bias), atol=1e-5, rtol=1e-5)
     assert torch.equal(linear_ref(x, weight.float(), bias),
                        torch.nn.functional.linear(x, weight.float(), bias))
+    if rows <= lc.BF16_KERNEL_ROWS and lc._load()[0] is not None:  # the C paths: the same
+        assert torch.equal(got, lc.logits_cpu(x, weight) + bias)  # sums plus the bias, exactly
 
 
 def test_cpu_set_keeps_attention_projections_bf16(tmp_path):
@@ -169,3 +172,23 @@ def test_cpu_set_keeps_attention_projections_bf16(tmp_path):
             assert f.weight.dtype == torch.bfloat16 and r.weight.dtype == torch.float32
             assert torch.equal(f.weight.float(), r.weight)  # the checkpoint's bf16 values
             assert f.bias.dtype == torch.float32 and torch.equal(f.bias, r.bias)
+
+
+@pytest.mark.parametrize("width", [1, 7, 13, 201088])
+def test_row_argmax_is_torch_argmax(width):
+    """First index on ties, NaN largest (the first NaN), -inf and +inf rows, tails past the
+    8-lane body: the same index as `torch.argmax`."""
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(8, width, generator=g)
+    x[1] = float("-inf")
+    x[2, -1] = float("nan")  # NaN in the tail
+    x[3, width // 2] = float("inf")
+    x[4, width - 1] = x[4, 0] = 40.0  # tie across the body and the tail
+    x[5, width // 3] = float("nan")
+    x[5, -1] = float("nan")
+    x[6] = 0.0
+    got = lc.row_argmax(x)
+    if got is None:
+        pytest.skip("no C kernel here")
+    assert torch.equal(got, x.argmax(dim=-1))
+    assert lc.row_argmax(x.double()) is None and lc.row_argmax(x[:, :0]) is None

@@ -109,3 +109,38 @@ def test_pair_kernel_path_equals_per_expert_path(tokens, top_k, monkeypatch):
     assert torch.equal(fast, moe_cpu(x, rw, rb, dense, top_k, 7.0, 1.702))
     want = moe_ref(x, rw, rb, packed, top_k, 7.0, 1.702)
     torch.testing.assert_close(fast, want, atol=2e-5 * want.abs().max().item(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("tokens,fused", [(1, False), (4, False), (1, True), (40, True)])
+def test_packed_copy_beside_dense_experts(tokens, fused, monkeypatch):
+    """The CPU set keeps the packed experts beside the bf16 copy: a decode step reads the packed
+    ones (the fused layer `moe_decode`, or else `mxfp4_pairs`: then bit for bit the output of
+    the bf16 copy alone), larger steps the copy; all close to `moe_ref`."""
+    from gptoss_serve.kernels import moe_cpu as mod
+
+    monkeypatch.setattr(mod, "FUSED_DECODE", fused)
+    g = torch.Generator().manual_seed(70 + tokens)
+    packed = _experts(g, dense=False)
+    w1 = dequantize(packed.w1_blocks, packed.w1_scales, torch.bfloat16)
+    w2 = dequantize(packed.w2_blocks, packed.w2_scales, torch.bfloat16)
+    dense = ExpertWeights(w1=w1, w2=w2, w1_bias=packed.w1_bias, w2_bias=packed.w2_bias)
+    both = ExpertWeights(w1=w1, w2=w2, w1_bias=packed.w1_bias, w2_bias=packed.w2_bias,
+                         w1_blocks=packed.w1_blocks, w1_scales=packed.w1_scales,
+                         w2_blocks=packed.w2_blocks, w2_scales=packed.w2_scales)
+    x = torch.randn(tokens, H, generator=g)
+    rw, rb = torch.randn(E, H, generator=g), torch.randn(E, generator=g)
+    calls = []
+    for name in ("mxfp4_pairs", "moe_decode"):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, n=name, f=real: calls.append(n) or f(*a))
+    got = moe_cpu(x, rw, rb, both, 4, 7.0, 1.702)
+    if tokens * 4 > mod.PAIRS_MAX:
+        assert not calls
+    elif fused:
+        assert calls == ["moe_decode"]
+    else:
+        assert calls == ["mxfp4_pairs"] * 2
+    if not fused or tokens * 4 > mod.PAIRS_MAX:
+        assert torch.equal(got, moe_cpu(x, rw, rb, dense, 4, 7.0, 1.702))
+    want = moe_ref(x, rw, rb, packed, 4, 7.0, 1.702)
+    torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item(), rtol=1e-4)

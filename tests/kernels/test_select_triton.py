@@ -28,10 +28,11 @@ def fake_gpu(monkeypatch, capability, name="Fake GPU"):
 def test_cpu_gets_the_cpu_set_and_says_why():
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
+    from gptoss_serve.kernels.norm_cpu import rms_norm_cpu
 
     ks = choose_kernels("cpu", torch.float32)
     assert ks.attention is paged_attention_cpu and ks.moe is moe_cpu and not ks.is_triton
-    assert ks.rms_norm is rms_norm_ref and ks.rope_kv_write is rope_kv_write_ref
+    assert ks.rms_norm is rms_norm_cpu and ks.rope_kv_write is rope_kv_write_ref
     assert ks.dense_experts and "CPU" in ks.description and "cpu" in ks.description
     ref = choose_kernels("cpu", torch.float32, prefer="reference")
     assert ref.attention is paged_attention_ref and ref.moe is moe_ref and not ref.dense_experts

@@ -20,6 +20,7 @@ import torch
 
 from gptoss_serve.engine.request import SamplingParams, TokenLogprob
 from gptoss_serve.engine.sequence import SampledToken
+from gptoss_serve.kernels.logits_cpu import row_argmax
 
 MAX_TOP_LOGPROBS = 20
 TOP_CANDIDATES = 1024  # CPU truncation looks at this many best logits first (see _truncate)
@@ -147,8 +148,10 @@ def _truncate_top(scaled: torch.Tensor, width: int, limits: tuple[torch.Tensor, 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """Index of each row's largest value, the first on ties (NaN counts as largest): what
-    `argmax` returns, through `max`, which runs ~1.7x faster over a 201088-wide CPU row."""
-    return logits.max(dim=-1).indices
+    `argmax` returns; on CPU through the C `row_argmax` (~0.05 against ~0.25-0.5 ms per
+    201088-wide row), else through `max`, which runs ~1.7x faster than `argmax` there."""
+    fast = row_argmax(logits) if logits.device.type == "cpu" else None
+    return fast if fast is not None else logits.max(dim=-1).indices
 
 
 class Sampler:

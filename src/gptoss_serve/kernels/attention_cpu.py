@@ -28,11 +28,13 @@ from gptoss_serve.kernels.attention import write_kv
 from gptoss_serve.kernels.cpu_threads import kernel_threads
 
 C_THREADS_MIN_WORK = 1 << 16  # query heads x keys below which the C decode runs on one thread
+C_WRITE_ROWS = 8  # new K/V rows up to which one C call writes them (decode steps)
 _C_SOURCE = r"""
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static float dot(const float *a, const float *b, long d) {
     __m256 acc = _mm256_setzero_ps();
@@ -76,6 +78,17 @@ static void head(const float *q, const float *k_cache, const float *v_cache,
     }
 }
 
+/* the t_dim new keys and values (rows ldk / ldv floats apart, row floats each) into the
+   caches' flat slots; a slot < 0 stores nothing (as write_kv) */
+void write_rows(const float *k, long ldk, const float *v, long ldv, float *k_cache,
+                float *v_cache, const int64_t *slots, long t_dim, long row) {
+    for (long t = 0; t < t_dim; t++)
+        if (slots[t] >= 0) {
+            memcpy(k_cache + slots[t] * row, k + t * ldk, sizeof(float) * row);
+            memcpy(v_cache + slots[t] * row, v + t * ldv, sizeof(float) * row);
+        }
+}
+
 /* Sequence i (of n) attends with query row rows[i] of q [T, hq, d] over keys lo[i]..hi[i]-1;
    blocks [n, width] physical block ids from key position start[i]; out [n, hq, d].
    Returns 0, or -1 when scratch memory could not be allocated. */
@@ -105,6 +118,9 @@ int decode_attention(const float *q, const float *k_cache, const float *v_cache,
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.decode_attention.restype = ctypes.c_int
+    lib.write_rows.restype = None
+    lib.write_rows.argtypes = ([ctypes.c_void_p, ctypes.c_long] * 2 + [ctypes.c_void_p] * 3
+                               + [ctypes.c_long] * 2)
     lib.decode_attention.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long]
                                      + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 5
                                      + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
@@ -246,17 +262,39 @@ def _prefill_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return out.transpose(0, 1)
 
 
+def _write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+    """`write_kv`; for a few float32 rows (heads contiguous within a row) one C call."""
+    lib = _load()
+    n, bs, hkv, d = k_cache.shape
+    fits = (lib is not None and k.shape[0] <= C_WRITE_ROWS and slot_mapping.dtype == torch.int64
+            and all(t.dtype == torch.float32 for t in (k, v, k_cache, v_cache))
+            and k_cache.is_contiguous() and v_cache.is_contiguous()
+            and all(t.shape[1:] == (hkv, d) and t.stride(2) == 1 and t.stride(1) == d
+                    for t in (k, v)))
+    if not fits:
+        write_kv(k, v, k_cache, v_cache, slot_mapping)
+        return
+    slots = slot_mapping.contiguous()
+    if max(slots.tolist(), default=-1) >= n * bs:
+        raise IndexError("KV slot out of range")
+    lib.write_rows(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(),
+                   v_cache.data_ptr(), slots.data_ptr(), k.shape[0], hkv * d)
+
+
 def paged_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         k_cache: torch.Tensor, v_cache: torch.Tensor,
                         slot_mapping: torch.Tensor, block_tables: torch.Tensor,
                         query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                         sinks: torch.Tensor, sm_scale: float, window: int) -> torch.Tensor:
     """Write K/V into the cache, then attend; [T, Hq, D] in q's dtype (see paged_attention_ref)."""
-    write_kv(k, v, k_cache, v_cache, slot_mapping)
-    out = torch.empty_like(q)
+    _write_kv(k, v, k_cache, v_cache, slot_mapping)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
     bs = k_cache.shape[1]
     plan = _cached_plan(block_tables, qsl, lens, bs, window)
+    if plan is not None and len(plan.rows) == q.shape[0]:  # decode only: rows 0..T-1 in order
+        return _decode(q, k_cache, v_cache, plan, sinks, sm_scale).to(q.dtype)
+    out = torch.empty_like(q)
     if plan is not None:
         out[plan.rows] = _decode(q, k_cache, v_cache, plan, sinks, sm_scale).to(q.dtype)
     for b, seq_len in enumerate(lens):

@@ -10,7 +10,8 @@ ignored and the kernel runs on one thread). Builds go to `GPTOSS_SERVE_CACHE` (d
 so concurrent processes never load half a file. Where no build is possible (no compiler, no
 AVX2) `load` says why, and the caller falls back to plain torch.
 
-Owns compiling and loading; knows nothing of what the kernels compute.
+Owns compiling and loading, and `AVX_PRELUDE` (the few C helpers every kernel source starts
+with); knows nothing of what the kernels compute.
 """
 
 from __future__ import annotations
@@ -27,6 +28,26 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+
+# Helpers shared by the kernels' C sources (prepended): bf16 widening and a horizontal sum
+# in a fixed order, so that kernels built from it make the same float32 sums.
+AVX_PRELUDE = r"""
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline __m256 load8(const uint16_t *p) {  /* 8 bf16 -> 8 float32, exact */
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+"""
 
 
 def _cache_dir() -> Path:

@@ -35,23 +35,10 @@ from gptoss_serve.kernels.logits import logits_ref
 CHUNK_ROWS = 4096  # fallback: weight rows upcast at a time (8 MiB float32 at H=512)
 BF16_KERNEL_ROWS = 64  # linear_cpu: activation rows up to which a bf16 weight takes the C kernel
 MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
+_FIRST = torch.zeros(1, dtype=torch.int64)  # the expert id of a plain matrix in `bf16_pairs`
 
-_C_SOURCE = r"""
-#include <immintrin.h>
-#include <stdint.h>
-
+_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
 #define PREFETCH_BYTES 4096  /* how far ahead of the single-row read (measured: 1-8 KiB alike) */
-
-static inline __m256 load8(const uint16_t *p) {  /* 8 bf16 -> 8 float32, exact */
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-}
 
 #define ROW(k) w = _mm256_loadu_ps(f##k + h); a##k = _mm256_fmadd_ps(w, p, a##k); \
                  b##k = _mm256_fmadd_ps(w, q, b##k); c##k = _mm256_fmadd_ps(w, r, c##k);
@@ -175,6 +162,44 @@ void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int6
         }
     }
 }
+
+/* out[r] = index of row r's largest value, the first on ties; the first NaN where there is one
+   (argmax's answer): one pass for the maximum (and any NaN), one up to its first occurrence */
+void row_argmax(const float *x, long rows, long n, int64_t *out) {
+    for (long r = 0; r < rows; r++) {
+        const float *p = x + r * n;
+        __m256 m = _mm256_set1_ps(-INFINITY), m2 = m, nan = _mm256_setzero_ps(), nan2 = nan;
+        long i = 0;
+        for (; i + 16 <= n; i += 16) {  /* two chains: max latency hidden */
+            __m256 v = _mm256_loadu_ps(p + i), w = _mm256_loadu_ps(p + i + 8);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            nan2 = _mm256_or_ps(nan2, _mm256_cmp_ps(w, w, _CMP_UNORD_Q));
+            m = _mm256_max_ps(m, v);
+            m2 = _mm256_max_ps(m2, w);
+        }
+        m = _mm256_max_ps(m, m2);
+        nan = _mm256_or_ps(nan, nan2);
+        float lanes[8], best = -INFINITY;
+        int has_nan = _mm256_movemask_ps(nan) != 0;
+        _mm256_storeu_ps(lanes, m);
+        for (int j = 0; j < 8; j++)
+            best = lanes[j] > best ? lanes[j] : best;
+        for (; i < n; i++) {
+            has_nan |= p[i] != p[i];
+            best = p[i] > best ? p[i] : best;
+        }
+        long k = 0;
+        if (!has_nan) {  /* whole 8-lane groups without the maximum skipped at once */
+            __m256 b = _mm256_set1_ps(best);
+            while (k + 8 <= n && !_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + k), b,
+                                                                   _CMP_EQ_OQ)))
+                k += 8;
+        }
+        while (k < n - 1 && (has_nan ? p[k] == p[k] : p[k] != best))
+            k++;
+        out[r] = k;
+    }
+}
 """
 
 
@@ -182,6 +207,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.bf16_logits.restype = lib.bf16_pairs.restype = None
     lib.bf16_logits.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.bf16_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    lib.row_argmax.restype = None
+    lib.row_argmax.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
 
 
 @functools.cache
@@ -237,13 +264,18 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w.T + bias in x's dtype (the signature of `F.linear`, plus `out`). A bf16 `w` under
     float32 rows (the CPU set keeps bf16 attention projections and experts: the checkpoint's
-    values, half the bytes) goes through the C kernel for up to `BF16_KERNEL_ROWS` rows and is
-    upcast for more (then the matmul's arithmetic dominates)."""
+    values, half the bytes) goes through the C kernel for up to `BF16_KERNEL_ROWS` rows (one
+    row: `bf16_pairs` with the bias added inside, the same sums) and is upcast for more (then
+    the matmul's arithmetic dominates)."""
     if w.dtype == x.dtype:
         return torch.addmm(bias.to(x.dtype), x, w.T, out=out)
     if w.dtype != torch.bfloat16 or x.dtype != torch.float32 or x.shape[0] > BF16_KERNEL_ROWS:
         return torch.addmm(bias.to(x.dtype), x, w.to(x.dtype).T, out=out)
-    y = logits_cpu(x, w).add_(bias)
+    y = None
+    if x.shape[0] == 1 and bias.dtype == torch.float32:  # batch 1: the bias added in the call
+        y = bf16_pairs(x, w.unsqueeze(0), bias.unsqueeze(0), _FIRST)
+    if y is None:
+        y = logits_cpu(x, w).add_(bias)
     return y if out is None else out.copy_(y)
 
 
@@ -262,4 +294,18 @@ def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     out = torch.empty(x.shape[0], n, dtype=torch.float32)
     lib.bf16_pairs(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), ids.data_ptr(),
                    out.data_ptr(), x.shape[0], n, h, _parts(n))
+    return out
+
+
+
+def row_argmax(x: torch.Tensor) -> torch.Tensor | None:
+    """`x.argmax(-1)` of a float32 [R, V] CPU tensor (first on ties, NaN largest) in C: two
+    passes at memory speed on one thread; None where the C kernel cannot run."""
+    lib = _load()[0]
+    if (lib is None or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu"
+            or x.shape[1] == 0):
+        return None
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    lib.row_argmax(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
     return out

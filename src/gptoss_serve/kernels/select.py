@@ -4,7 +4,7 @@ once at start-up.
 Owns the `KernelSet` contract. Every implementation has the signature of its plain-torch
 reference (`kernels/attention.py: paged_attention_ref`, `kernels/moe.py: moe_ref`,
 `kernels/norm.py: rms_norm_ref`, `kernels/rope_kv.py: rope_kv_write_ref`,
-`kernels/logits.py: logits_ref, linear_ref`). Triton modules are
+`kernels/logits.py: logits_ref, linear_ref`, `model/rope.py: apply_rotary`). Triton modules are
 imported only inside `choose_kernels`, so importing gptoss_serve never imports triton.
 """
 
@@ -21,6 +21,7 @@ from gptoss_serve.kernels.logits import linear_ref, logits_ref
 from gptoss_serve.kernels.moe import moe_ref
 from gptoss_serve.kernels.norm import rms_norm_ref
 from gptoss_serve.kernels.rope_kv import rope_kv_write_ref
+from gptoss_serve.model.rope import apply_rotary
 
 MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores, what the Triton kernels are written for
 PREFERENCES = ("auto", "triton", "reference")
@@ -36,10 +37,13 @@ class KernelSet:
     is_triton: bool = False
     dense_experts: bool = False  # MoEBlock keeps experts dequantized (CPU, within a budget)
     expert_dtype: torch.dtype | None = None  # dtype of those experts (else the model's)
+    packed_decode_experts: bool = False  # keep the packed MXFP4 experts beside that dense
+    # copy: the CPU set's few-pair decode kernel reads them (a quarter of the bytes)
     logits: Callable = logits_ref  # same signature as logits_ref
     unembedding_dtype: torch.dtype | None = None  # keep the unembedding in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16 and accumulates in float32
     linear: Callable = linear_ref  # attention qkv/out projections, same signature
+    rotary: Callable = apply_rotary  # RoPE of the non-Triton path, same signature
     projection_dtype: torch.dtype | None = None  # keep those weights in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16, read by `linear`
 
@@ -64,11 +68,14 @@ def triton_kernels(why: str) -> KernelSet:
 
 def cpu_kernels(why: str) -> KernelSet:
     """The CPU set: batched-decode/SDPA attention, grouped MoE over experts dequantized to bf16
-    (exact for MXFP4), logits and attention projections from bf16 weights (the checkpoint's);
-    all accumulate in float32."""
+    (exact for MXFP4; decode steps read the packed MXFP4 copy kept beside it, one C call per
+    layer), logits and attention projections from bf16 weights (the checkpoint's), RMSNorm and
+    RoPE of decode rows in C; all accumulate in float32."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
     from gptoss_serve.kernels.logits_cpu import bf16_logits_status, linear_cpu, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
+    from gptoss_serve.kernels.norm_cpu import rms_norm_cpu
+    from gptoss_serve.kernels.rope_cpu import rotary_cpu
 
     return KernelSet(paged_attention_cpu, moe_cpu,
                      "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
@@ -76,6 +83,7 @@ def cpu_kernels(why: str) -> KernelSet:
                      "unembedding and attention projections "
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
+                     packed_decode_experts=True, rms_norm=rms_norm_cpu, rotary=rotary_cpu,
                      linear=linear_cpu, projection_dtype=torch.bfloat16)
 
 

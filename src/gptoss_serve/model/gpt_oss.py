@@ -17,7 +17,7 @@ from gptoss_serve.kernels.moe import ExpertWeights
 from gptoss_serve.kernels.moe_cpu import claim_dense_experts, dequantize_lut
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
-from gptoss_serve.model.rope import Rotary, apply_rotary
+from gptoss_serve.model.rope import Rotary
 
 
 class RMSNorm(nn.Module):
@@ -58,9 +58,10 @@ class ExpertTensor(nn.Module):
         numel = self.blocks.numel() * 2 if self.blocks is not None else self.weight.numel()
         return numel * torch.empty((), dtype=dtype).element_size()
 
-    def densify(self, dtype: torch.dtype) -> None:
-        """Replace packed MXFP4 by a dequantized `weight` in `dtype` (one expert at a time)."""
-        if self.blocks is None:
+    def densify(self, dtype: torch.dtype, keep_packed: bool = False) -> None:
+        """Add a dequantized `weight` in `dtype` (one expert at a time); the packed MXFP4
+        tensors are dropped unless `keep_packed` (then both serve: see `KernelSet`)."""
+        if self.blocks is None or self.weight is not None:
             return
         e, rows, groups, _ = self.blocks.shape
         dense = torch.empty(e, rows, groups * BLOCK, dtype=dtype, device=self.blocks.device)
@@ -68,7 +69,8 @@ class ExpertTensor(nn.Module):
             dense[i] = dequantize_lut(self.blocks[i], self.scales[i], dtype)
         del self.weight
         self.register_buffer("weight", dense)
-        self.blocks = self.scales = None
+        if not keep_packed:
+            self.blocks = self.scales = None
 
 
 class AttentionBlock(nn.Module):
@@ -107,7 +109,7 @@ class AttentionBlock(nn.Module):
             k = v = None
         else:  # q and k heads are adjacent in the qkv row: one rotation for both
             qk = qkv[:, :(self.n_q + self.n_kv) * d].view(t, self.n_q + self.n_kv, d)
-            q, k = apply_rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
+            q, k = kernels.rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
         o = kernels.attention(q, k, v, k_cache, v_cache, pool.slot_mapping, pool.block_tables,
                               batch.query_start_loc, batch.seq_lens, self.sinks, self.sm_scale,
                               self.window)
@@ -137,25 +139,26 @@ class MoEBlock(nn.Module):
                              w1_blocks=w1.blocks, w1_scales=w1.scales, w2_blocks=w2.blocks,
                              w2_scales=w2.scales, w1=w1.weight, w2=w2.weight)
 
-    def maybe_densify(self, dtype: torch.dtype | None = None) -> None:
+    def maybe_densify(self, dtype: torch.dtype | None = None, keep_packed: bool = False) -> None:
         """Kernel sets with `dense_experts` (CPU): dequantize the experts once (to `dtype`, else
         the model's), when all layers' copies fit the budget of
-        `moe_cpu.claim_dense_experts`; else keep them packed."""
+        `moe_cpu.claim_dense_experts`; else keep them packed. `keep_packed`: keep the packed
+        tensors beside the dense copy (`KernelSet.packed_decode_experts`)."""
         w1, w2 = self.mlp1_weight, self.mlp2_weight
-        if self.keep_packed or w1.blocks is None:
+        if self.keep_packed or w1.blocks is None or w1.weight is not None:
             return
         dtype = dtype or self.mlp1_bias.dtype
         layer = w1.dense_bytes(dtype) + w2.dense_bytes(dtype)
         if claim_dense_experts(layer, layer * self.num_layers):
-            w1.densify(dtype)
-            w2.densify(dtype)
+            w1.densify(dtype, keep_packed)
+            w2.densify(dtype, keep_packed)
         else:
             self.keep_packed = True
 
     def mix(self, h: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         """The experts' output for the normed stream h (no residual add)."""
         if kernels.dense_experts:
-            self.maybe_densify(kernels.expert_dtype)
+            self.maybe_densify(kernels.expert_dtype, kernels.packed_decode_experts)
         return kernels.moe(h, self.gate.weight, self.gate.bias, self.experts(), self.top_k,
                            self.limit, self.alpha)
 
@@ -210,7 +213,8 @@ class GptOssModel(nn.Module):
         the first request does not pay for it (`MoEBlock.maybe_densify`)."""
         if self.kernels.dense_experts:
             for blk in self.block:
-                blk.mlp.maybe_densify(self.kernels.expert_dtype)
+                blk.mlp.maybe_densify(self.kernels.expert_dtype,
+                                      self.kernels.packed_decode_experts)
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,70 @@
+"""RoPE rotation of a decode step's q and k heads on CPU in one C call.
+
+Same signature and values as `model/rope.py: apply_rotary` (its oracle), bit for bit: each
+output is the same two float32 products and one sum or difference, each rounded, as in torch
+(the C source turns off the compiler's contraction into FMAs). In torch the rotation of a step
+is ~8 small operators per layer; here one ctypes call. Rows above `C_ROWS`, other dtypes, or no
+C kernel: the reference.
+
+Knows nothing of layers or positions: cos and sin come per token from the caller.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from gptoss_serve.kernels import cpu_c
+from gptoss_serve.model.rope import apply_rotary
+
+C_ROWS = 8  # token rows up to which the C function runs (decode steps); more: the reference
+
+_C_SOURCE = r"""
+#pragma GCC optimize("fp-contract=off")  /* a*c - b*s rounded as torch does: no FMA */
+
+/* x: t_dim rows ld floats apart, each h_dim heads of d floats (contiguous); cos, sin:
+   [t_dim][d/2]; out [t_dim][h_dim][d]: dim i rotates with dim i + d/2 */
+void rotary(const float *x, long ld, const float *cos, const float *sin, float *out,
+            long t_dim, long h_dim, long d) {
+    long half = d / 2;
+    for (long t = 0; t < t_dim; t++)
+        for (long h = 0; h < h_dim; h++) {
+            const float *a = x + t * ld + h * d, *b = a + half;
+            const float *c = cos + t * half, *s = sin + t * half;
+            float *o = out + (t * h_dim + h) * d;
+            for (long i = 0; i < half; i++) {
+                o[i] = a[i] * c[i] - b[i] * s[i];
+                o[i + half] = b[i] * c[i] + a[i] * s[i];
+            }
+        }
+}
+"""
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.rotary.restype = None
+    lib.rotary.argtypes = ([ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 3
+                           + [ctypes.c_long] * 3)
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(the C library, how) or (None, why not); see `cpu_c.load`."""
+    return cpu_c.load("rotary_cpu", _C_SOURCE, _declare)
+
+
+def rotary_cpu(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary`: x [T, H, D] (rows may be strided, heads contiguous), cos/sin [T, D/2]."""
+    lib = _load()[0]
+    t, h, d = x.shape
+    if (lib is None or t > C_ROWS or d % 2 or x.stride(2) != 1 or x.stride(1) != d
+            or any(v.dtype != torch.float32 or v.device.type != "cpu" for v in (x, cos, sin))
+            or cos.shape != (t, d // 2) or sin.shape != (t, d // 2)):
+        return apply_rotary(x, cos, sin)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    out = torch.empty(t, h, d, dtype=torch.float32)
+    lib.rotary(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), t, h,
+               d)
+    return out
