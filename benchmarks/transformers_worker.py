@@ -54,7 +54,7 @@ def run_batch(model, batch: list[BenchRequest], out_len: int) -> tuple[list[Requ
         gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
         results.append(RequestResult(success=True, prompt_len=r.prompt_len, output_tokens=len(t),
                                      expected_output_len=out_len, ttft=t[0] - start,
-                                     latency=t[-1] - start, itl=gaps, start_time=start))
+                                     latency=t[-1] - start, itl=gaps))
     return results, out[:, ids.shape[1]:].tolist()
 
 
