@@ -9,7 +9,6 @@ CLI passes a `ChatOptions`) and nothing of HTTP.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from gptoss_serve.engine.engine import LLMEngine
 from gptoss_serve.engine.request import EngineRequest, SamplingParams
 from gptoss_serve.errors import InvalidRequestError
 from gptoss_serve.harmony.openai_map import ChatDelta, ChatMapper
-from gptoss_serve.harmony.render import RenderOptions, render_chat
+from gptoss_serve.harmony.render import RenderOptions, render_chat, resolve_date
 
 REASONING_MARK = "[reasoning] "
 
@@ -53,7 +52,8 @@ class ChatSession:
         """Add the user's turn, print the answer as it comes; returns the answer's text."""
         self.messages.append({"role": "user", "content": user_text})
         prompt = render_chat(self.messages, RenderOptions(
-            reasoning_effort=self.options.reasoning_effort, current_date=self._date()))
+            reasoning_effort=self.options.reasoning_effort,
+            current_date=resolve_date(self.options.current_date)))
         o = self.options
         room = self.engine.max_model_len - len(prompt.token_ids)  # the answer is cut to fit
         params = SamplingParams(temperature=o.temperature, top_p=o.top_p, seed=o.seed,
@@ -78,11 +78,6 @@ class ChatSession:
         answer = mapper.content or ""
         self.messages.append({"role": "assistant", "content": answer})
         return answer
-
-    def _date(self) -> str | None:
-        if self.options.current_date == "today":
-            return dt.datetime.now(dt.UTC).date().isoformat()
-        return self.options.current_date
 
 
 class _Printer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -29,28 +30,33 @@ def _run_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- serve (owner: api/) -------------------------------------------------------------------------
-def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
-    a = p.add_argument
+# ---- what serve and chat share: the model, its engine, the system-message date -----------------
+def _add_model_args(a: Callable[..., object]) -> None:
     a("--model", default=None, help="checkpoint folder or hub name (default: tiny random model)")
-    a("--served-model-name", default=None, help="name clients use (default: hub/folder name)")
-    a("--host", default="127.0.0.1")
-    a("--port", type=int, default=8000)
-    a("--api-key", default=None, help="require `Authorization: Bearer KEY` ($GPTOSS_API_KEY)")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     a("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
-    a("--max-num-seqs", type=int, default=256, help="sequences per engine step")
-    a("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
     a("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
     a("--kernels", default="auto", choices=["auto", "triton", "reference"],
       help="auto: Triton on CUDA (sm_80+), references elsewhere; reference: plain torch")
     a("--enforce-eager", action="store_true", help="no CUDA graphs for the decode step")
+    a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
+
+
+# ---- serve (owner: api/) -------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
+    a = p.add_argument
+    _add_model_args(a)
+    a("--served-model-name", default=None, help="name clients use (default: hub/folder name)")
+    a("--host", default="127.0.0.1")
+    a("--port", type=int, default=8000)
+    a("--api-key", default=None, help="require `Authorization: Bearer KEY` ($GPTOSS_API_KEY)")
+    a("--max-num-seqs", type=int, default=256, help="sequences per engine step")
+    a("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
     a("--threads", type=_positive_int, default=None,
       help="torch intra-op threads in the server (default: torch's, one per core); on a CPU "
       "shared with other work, fewer threads than cores avoid waiting for busy cores")
-    a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
     a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
@@ -107,13 +113,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="talk to a checkpoint in the terminal (no HTTP)")
     a = p.add_argument
-    a("--model", default=None, help="checkpoint folder or hub name (default: tiny random model)")
-    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    a("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
-    a("--kernels", default="auto", choices=["auto", "triton", "reference"])
-    a("--enforce-eager", action="store_true", help="no CUDA graphs for the decode step")
-    a("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
-    a("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
+    _add_model_args(a)
     a("--system", default=None, help="an instruction for the whole conversation")
     a("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     a("--max-tokens", type=_positive_int, default=1024, help="per answer (cut to the context)")
@@ -121,7 +121,6 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     a("--top-p", type=float, default=1.0)
     a("--seed", type=int, default=None)
     a("--show-reasoning", action="store_true", help="print the chain of thought, marked")
-    a("--current-date", default="today", help="system-message date: YYYY-MM-DD | today | none")
     p.set_defaults(func=_run_chat)
 
 

@@ -8,7 +8,6 @@ response shapes or HTTP routing; sees the engine only through `generate`, `abort
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from gptoss_serve.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
+from gptoss_serve.harmony.render import resolve_date
 
 
 class Engine(Protocol):
@@ -82,10 +82,7 @@ class ApiContext:
         )
 
     def current_date(self) -> str | None:
-        date = self.config.current_date
-        if date == "today":
-            return dt.datetime.now(dt.UTC).date().isoformat()
-        return date
+        return resolve_date(self.config.current_date)
 
     # ---- generation --------------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:

@@ -15,6 +15,7 @@ Response format (no API in openai-harmony, facts §5.10): appended to the develo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 
@@ -58,6 +59,14 @@ class RenderOptions:
     tools: list[dict] | None = None  # the OpenAI `tools` array (function tools)
     builtin_tools: tuple[str, ...] = ()  # "browser", "python"
     response_format: dict | None = None  # the OpenAI `response_format`
+
+
+def resolve_date(value: str | None) -> str | None:
+    """A `current_date` setting for RenderOptions: "today" is today's UTC date at the time of
+    the call (a long-running server changes date at midnight), other values pass through."""
+    if value == "today":
+        return dt.datetime.now(dt.UTC).date().isoformat()
+    return value
 
 
 @dataclass
