@@ -87,6 +87,7 @@ def build_model(preset: str, device: str, kernels: KernelSet, layers: int | None
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = GptOssModel(config, dtype, device, kernels=kernels)
     fill_random_(model, config)
+    model.prepare_experts()  # what loading does: the CPU set dequantizes the experts once
     return model, config
 
 

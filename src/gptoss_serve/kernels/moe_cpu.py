@@ -159,26 +159,14 @@ def moe_cpu(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
     return out.index_add_(0, tok, ys).to(x.dtype)
 
 
-_CLAIMED = {"bytes": 0}
-_LOGGED: list[tuple[int, bool]] = []
-
-
-def claim_dense_experts(layer_bytes: int, total_bytes: int) -> bool:
-    """Whether one layer may keep its experts dequantized (`total_bytes` for all layers).
-
-    Bytes already claimed by earlier layers count as available, so every layer of a model
-    gets the same answer. The decision is logged once (it is a kernel choice).
-    """
-    fit = dense_experts_fit(total_bytes - _CLAIMED["bytes"]) if total_bytes else False
-    if (total_bytes, fit) not in _LOGGED:
-        _LOGGED.append((total_bytes, fit))
-        mib = total_bytes / (1 << 20)
-        if fit:
-            log.info("CPU MoE: experts kept dequantized (%.0f MiB for all layers; the packed "
-                     "MXFP4 copy is dropped)", mib)
-        else:
-            log.info("CPU MoE: experts stay packed MXFP4 (a dequantized copy needs %.0f MiB, over "
-                     "budget); each step dequantizes only the experts it uses", mib)
+def keep_dense_experts(total_bytes: int) -> bool:
+    """Whether a model keeps its experts dequantized (`total_bytes` for all layers); the
+    decision, made once per model, is logged (it is a kernel choice)."""
+    fit = dense_experts_fit(total_bytes)
+    mib = total_bytes / (1 << 20)
     if fit:
-        _CLAIMED["bytes"] += layer_bytes
+        log.info("CPU MoE: experts kept dequantized (%.0f MiB for all layers)", mib)
+    else:
+        log.info("CPU MoE: experts stay packed MXFP4 (a dequantized copy needs %.0f MiB, over "
+                 "budget); each step dequantizes only the experts it uses", mib)
     return fit

@@ -14,7 +14,7 @@ from torch import nn
 from gptoss_serve.config import ModelConfig
 from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.kernels.moe import ExpertWeights
-from gptoss_serve.kernels.moe_cpu import claim_dense_experts, dequantize_lut
+from gptoss_serve.kernels.moe_cpu import dequantize_lut, keep_dense_experts
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
 from gptoss_serve.model.rope import Rotary
@@ -130,8 +130,6 @@ class MoEBlock(nn.Module):
         self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
         self.mlp2_weight = ExpertTensor(e, h, i, c.experts_mxfp4, dtype)
         self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
-        self.num_layers = c.num_hidden_layers  # for the dense-experts memory budget
-        self.keep_packed = False  # set once the CPU budget refused a dequantized copy
 
     def experts(self) -> ExpertWeights:
         w1, w2 = self.mlp1_weight, self.mlp2_weight
@@ -139,26 +137,16 @@ class MoEBlock(nn.Module):
                              w1_blocks=w1.blocks, w1_scales=w1.scales, w2_blocks=w2.blocks,
                              w2_scales=w2.scales, w1=w1.weight, w2=w2.weight)
 
-    def maybe_densify(self, dtype: torch.dtype | None = None, keep_packed: bool = False) -> None:
-        """Kernel sets with `dense_experts` (CPU): dequantize the experts once (to `dtype`, else
-        the model's), when all layers' copies fit the budget of
-        `moe_cpu.claim_dense_experts`; else keep them packed. `keep_packed`: keep the packed
-        tensors beside the dense copy (`KernelSet.packed_decode_experts`)."""
-        w1, w2 = self.mlp1_weight, self.mlp2_weight
-        if self.keep_packed or w1.blocks is None or w1.weight is not None:
-            return
-        dtype = dtype or self.mlp1_bias.dtype
-        layer = w1.dense_bytes(dtype) + w2.dense_bytes(dtype)
-        if claim_dense_experts(layer, layer * self.num_layers):
-            w1.densify(dtype, keep_packed)
-            w2.densify(dtype, keep_packed)
-        else:
-            self.keep_packed = True
+    def dense_bytes(self, dtype: torch.dtype) -> int:
+        return self.mlp1_weight.dense_bytes(dtype) + self.mlp2_weight.dense_bytes(dtype)
+
+    def densify(self, dtype: torch.dtype, keep_packed: bool) -> None:
+        """Dequantize both projections' experts once (`ExpertTensor.densify`)."""
+        self.mlp1_weight.densify(dtype, keep_packed)
+        self.mlp2_weight.densify(dtype, keep_packed)
 
     def mix(self, h: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         """The experts' output for the normed stream h (no residual add)."""
-        if kernels.dense_experts:
-            self.maybe_densify(kernels.expert_dtype, kernels.packed_decode_experts)
         return kernels.moe(h, self.gate.weight, self.gate.bias, self.experts(), self.top_k,
                            self.limit, self.alpha)
 
@@ -209,12 +197,17 @@ class GptOssModel(nn.Module):
                 module.register_buffer(name, torch.zeros(t.shape, dtype=t.dtype, device=device))
 
     def prepare_experts(self) -> None:
-        """After loading: kernel sets with `dense_experts` (CPU) dequantize the experts now, so
-        the first request does not pay for it (`MoEBlock.maybe_densify`)."""
-        if self.kernels.dense_experts:
-            for blk in self.block:
-                blk.mlp.maybe_densify(self.kernels.expert_dtype,
-                                      self.kernels.packed_decode_experts)
+        """After loading: kernel sets with `dense_experts` (CPU) dequantize the packed experts of
+        every layer now (so the first request does not pay for it), when the copy of all layers
+        fits `moe_cpu.keep_dense_experts`; else every layer stays packed. Decided once."""
+        ks = self.kernels
+        mlps = [blk.mlp for blk in self.block]
+        if not ks.dense_experts or any(m.mlp1_weight.blocks is None for m in mlps):
+            return  # not asked for, or experts already dense (bf16 checkpoint, done before)
+        dtype = ks.expert_dtype or mlps[0].mlp1_bias.dtype
+        if keep_dense_experts(sum(m.dense_bytes(dtype) for m in mlps)):
+            for m in mlps:
+                m.densify(dtype, ks.packed_decode_experts)
 
     @property
     def device(self) -> torch.device:
