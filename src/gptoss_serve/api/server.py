@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
+from gptoss_serve.engine.model_runner import sequences_fitting
 
 log = logging.getLogger("gptoss_serve.serve")
 GRACE_SECONDS = 5
@@ -66,27 +67,19 @@ def served_name(model: str, explicit: str | None) -> str:
 def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
     """Start-up lines: what was loaded, where, which kernels, and the KV budget."""
     runner = getattr(engine.engine, "runner", None)
-    plan = getattr(runner, "plan", None)
     lines = [f"model: {model}" + ("  (RANDOM weights: a tiny test model, output is noise)"
                                   if random_weights else "")]
-    if runner is not None:
-        kernels = getattr(getattr(runner, "model", None), "kernels", None)
-        kv = getattr(runner, "kv_cache", None)
-        dtype = kv.k[0].dtype if kv is not None and getattr(kv, "k", None) else "?"
-        lines.append(f"dtype: {dtype}, device: {runner.device}")
-        lines.append(f"kernels: {getattr(kernels, 'description', 'reference (plain torch)')}")
-    if plan is not None:
-        block = runner.block_size
-        fit = plan.num_full_blocks * block // max(1, engine.max_model_len)
-        lines.append(
-            f"KV cache: {plan.num_full_blocks} full-attention blocks, {plan.num_sliding_blocks} "
-            f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB); "
-            f"context {engine.max_model_len} tokens: {fit} sequence(s) of full context fit"
-        )
-        for attr in ("capacity_description", "decode_description"):
-            if hasattr(runner, attr):
-                lines.append(getattr(runner, attr))
-    return lines
+    if runner is None:  # a test double of the engine
+        return lines
+    plan, block = runner.plan, runner.block_size
+    fit = sequences_fitting(plan, engine.max_model_len, block)
+    return lines + [
+        f"dtype: {runner.model.dtype}, device: {runner.device}",
+        f"kernels: {runner.model.kernels.description}",
+        f"KV cache: {plan.num_full_blocks} full-attention blocks, {plan.num_sliding_blocks} "
+        f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB); "
+        f"context {engine.max_model_len} tokens: {fit} sequence(s) of full context fit",
+        runner.capacity_description, runner.decode_description]
 
 
 class _Server(uvicorn.Server):
