@@ -61,8 +61,6 @@ class GenerationOutput:
             return self.token_ids == list(other)
         return NotImplemented
 
-    __hash__ = None  # mutable
-
 
 def split_engine_kwargs(kwargs: dict[str, Any]) -> tuple[CacheConfig, SchedulerConfig]:
     """Accept `cache=`/`sched=` objects and/or their individual fields as keywords."""

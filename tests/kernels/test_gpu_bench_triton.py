@@ -23,7 +23,7 @@ def test_dry_run_prints_a_full_table(capsys, tmp_path):
                        "--docs", str(docs)]) == 0
     out = capsys.readouterr().out
     assert "DRY RUN" in out and "| batch 2 |" in out and "Time to first token" in out
-    assert "greedy_agreement 1" in out  # CPU: both sides are the references
+    assert "greedy_agreement 1" in out  # CPU: the CPU kernel set against the references
     assert not docs.exists()  # a dry run never writes figures into the docs
 
 

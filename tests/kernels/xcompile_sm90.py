@@ -73,12 +73,12 @@ def gpu_like_operands() -> None:
     """On a GPU, bf16 operands feed the tensor cores; CPU tensors would get float32 ones."""
     import torch
 
-    from gptoss_serve.kernels import attention_triton, moe_triton, triton_util
+    from gptoss_serve.kernels import attention_triton, moe_triton
 
     def like_cuda(t: torch.Tensor) -> bool:
         return t.dtype == torch.float32
 
-    for mod in (triton_util, moe_triton, attention_triton):
+    for mod in (moe_triton, attention_triton):  # each imported the name itself
         mod.dot_in_float32 = like_cuda
     attention_triton.device_sms = lambda t: 132  # an H100/H200: decode splits its keys
 

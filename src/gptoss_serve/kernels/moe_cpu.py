@@ -12,7 +12,7 @@ Same signature and maths as `kernels/moe.py: moe_ref` (its oracle). Differences 
 - a decode step's few pairs (up to `PAIRS_MAX`) skip the per-expert loop: one call of a pair
   kernel for all first projections, one SwiGLU, one call for all second projections. Where the
   packed MXFP4 experts are kept beside the dense copy (`KernelSet.packed_decode_experts`) the
-  kernel reads them (`logits_cpu.mxfp4_pairs`: 9.5 instead of 36 MB per token in the small
+  kernel reads them (`mxfp4_cpu.mxfp4_pairs`: 9.5 instead of 36 MB per token in the small
   preset), else the bf16 copy (`logits_cpu.bf16_pairs`); both make the same float32 sums, so the
   same result bit for bit. Prefill and larger batches use the dense copy.
 

@@ -42,9 +42,10 @@ DECODE = MoETiles(block_m=16, block_n=32, block_k=128)  # few rows per expert: s
 PREFILL = MoETiles(block_m=64, block_n=64, block_k=64)  # many rows per expert: tensor cores
 
 
-# (token, expert) pairs up to which the matrix-vector kernels run: on an H200 at 120b shapes they
-# took 106 / 247 us per layer against 198 / 375 for the grouped matmul at 4 / 16 pairs, and lost
-# at 64 (839 against 734), more so when tokens share experts (each pair re-reads its expert)
+# (token, expert) pairs up to which the matrix-vector kernels run. On an H200 at 120b shapes
+# (benchmarks/gpu_moe_sweep.py; figures in docs/benchmarks.md) they were about twice as fast at
+# 4 pairs and 1.5x at 16; at 64 the two paths traded places between machines, and real batches
+# share experts between tokens, which this path reads once per pair, so the limit stays at 16
 GEMV_MAX_PAIRS = 16
 
 
@@ -174,18 +175,18 @@ def expert_tiles(ids: torch.Tensor, num_experts: int, block_m: int
     return pairs, expert, first.to(torch.int32), ends[e].to(torch.int32)
 
 
-def _weights(experts: ExpertWeights, which: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(weight or packed blocks, scales (or the weight again), is_mxfp4) of W1 or W2."""
+def _weights(experts: ExpertWeights, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight or packed blocks, scales (or the weight again)) of W1 or W2."""
     if experts.is_mxfp4:
         blocks = experts.w1_blocks if which == 1 else experts.w2_blocks
         scales = experts.w1_scales if which == 1 else experts.w2_scales
         if blocks.stride(-1) != 1 or blocks.stride(-2) != 16 or scales.stride(-1) != 1:
             raise ValueError("MXFP4 blocks/scales must be contiguous in their last dims")
-        return blocks, scales, True
+        return blocks, scales
     w = experts.w1 if which == 1 else experts.w2
     if w.stride(-1) != 1:
         raise ValueError("dense expert weights need a contiguous last dim")
-    return w, w, False
+    return w, w
 
 
 def moe_triton(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
@@ -205,8 +206,8 @@ def moe_triton(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
         return out
     ids, weights = route(x, router_w, router_b, top_k)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    w1, s1, _ = _weights(experts, 1)
-    w2, s2, _ = _weights(experts, 2)
+    w1, s1 = _weights(experts, 1)
+    w2, s2 = _weights(experts, 2)
     if gemv is not None or (tiles is None and t * top_k <= GEMV_MAX_PAIRS):
         return moe_gemv(x, ids, weights, w1, s1, w2, s2, experts, swiglu_limit, swiglu_alpha,
                         out, gemv)

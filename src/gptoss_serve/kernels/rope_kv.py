@@ -28,6 +28,5 @@ def rope_kv_write_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positio
     slots (a slot < 0 stores nothing: padding rows), and return (q_rot, k_rot)."""
     q_rot = rotate_half_split(q, cos[positions], sin[positions])
     k_rot = rotate_half_split(k, cos[positions], sin[positions])
-    keep = slot_mapping >= 0
-    write_kv(k_rot[keep], v[keep], k_cache, v_cache, slot_mapping[keep])
+    write_kv(k_rot, v, k_cache, v_cache, slot_mapping)  # skips slots < 0 itself
     return q_rot, k_rot
