@@ -154,9 +154,15 @@ class _DecodePlan:
 
     rows: list[int]  # query rows of the sequences with one new query
     blocks: torch.Tensor  # [B', nb] physical blocks covering their keys
-    allowed: torch.Tensor  # [B', nb * block_size] keys inside the causal window
     bounds: torch.Tensor  # [4, B'] int64: query row, position of blocks[:, 0]'s first key,
     # first and end key position (for the C kernel)
+    width: int  # keys the blocks cover: nb * block_size
+
+    @functools.cached_property
+    def allowed(self) -> torch.Tensor:
+        """[B', width] keys inside the causal window (only the torch fallback needs it)."""
+        kpos = self.bounds[1][:, None] + torch.arange(self.width)[None, :]
+        return (kpos < self.bounds[3][:, None]) & (kpos >= self.bounds[2][:, None])
 
 
 def _decode_plan(block_tables: torch.Tensor, qsl: list[int], lens: list[int], bs: int,
@@ -168,11 +174,9 @@ def _decode_plan(block_tables: torch.Tensor, qsl: list[int], lens: list[int], bs
     lo = [0 if window <= 0 else max(0, n - window) for n in seq_lens]
     blocks, start = _gather_blocks(block_tables, seqs, lo, seq_lens, bs)
     blocks = blocks.contiguous()
-    kpos = start[:, None] + torch.arange(blocks.shape[1] * bs)[None, :]
-    allowed = (kpos < torch.tensor(seq_lens)[:, None]) & (kpos >= torch.tensor(lo)[:, None])
     rows = [qsl[b] for b in seqs]
     bounds = torch.stack([torch.tensor(rows), start, torch.tensor(lo), torch.tensor(seq_lens)])
-    return _DecodePlan(rows, blocks, allowed, bounds.long().contiguous())
+    return _DecodePlan(rows, blocks, bounds.long().contiguous(), blocks.shape[1] * bs)
 
 
 _PLANS: OrderedDict[tuple, tuple[torch.Tensor, _DecodePlan | None]] = OrderedDict()
@@ -208,7 +212,7 @@ def _decode_c(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     q, sinks = q.contiguous(), sinks.contiguous()
     n, hq, (_, bs, hkv, d) = len(plan.rows), q.shape[1], k_cache.shape
     out = torch.empty(n, hq, d)
-    work = hq * int(plan.allowed.shape[1]) * n
+    work = hq * plan.width * n
     parts = kernel_threads() if work >= C_THREADS_MIN_WORK else 1
     rows, start, lo, hi = (plan.bounds[i].data_ptr() for i in range(4))
     rc = lib.decode_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
