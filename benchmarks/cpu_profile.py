@@ -27,18 +27,15 @@ import torch
 from gptoss_serve.config import CacheConfig, SchedulerConfig
 from gptoss_serve.engine.engine import LLMEngine
 from gptoss_serve.engine.request import EngineRequest, SamplingParams
-from gptoss_serve.kernels.select import choose_kernels
-from gptoss_serve.model.weights import load_model, resolve_dtype
 
 
 def build_engine(path: str, kernels: str, dtype: str, max_seqs: int) -> LLMEngine:
-    dt = resolve_dtype(dtype, torch.device("cpu"))
-    kset = choose_kernels("cpu", dt, prefer=kernels)
-    print(f"kernels: {kset.description}")
-    model = load_model(path, dtype=dt, device="cpu", kernels=kset)
-    sched = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=2048)
-    return LLMEngine.from_model(model, CacheConfig(cpu_kv_cache_gib=0.5,
-                                                   enable_prefix_caching=False), sched)
+    engine = LLMEngine.from_config(
+        path, dtype=dtype, device="cpu", kernels=kernels,
+        cache=CacheConfig(cpu_kv_cache_gib=0.5, enable_prefix_caching=False),
+        sched=SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=2048))
+    print(f"kernels: {engine.runner.model.kernels.description}")
+    return engine
 
 
 def add_prompts(engine: LLMEngine, n: int, prompt_len: int, out_len: int, tag: str) -> None:
