@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.engine.model_runner import GIB, plan_for_gpu
 from gptoss_serve.errors import StartupError
 from gptoss_serve.kernels.attention import paged_attention_ref
@@ -26,7 +25,7 @@ from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model import weights
 from gptoss_serve.model.gpt_oss import GptOssModel
 from gptoss_serve.model.synthetic import preset_config, write_checkpoint
-from random_model import random_model
+from random_model import random_model, run_two_steps
 
 
 def attention_after_write(q, k, v, k_cache, v_cache, slots, *rest):
@@ -46,20 +45,6 @@ def fused_style_kernels(calls: list[str]) -> KernelSet:
                      norm, rope_kv_write_ref, is_triton=True)
 
 
-
-
-def run_two_steps(model: GptOssModel, config: ModelConfig) -> torch.Tensor:
-    """A prefill, then a step mixing a chunk over cached blocks (window 2 drops block 0),
-    a fresh prompt and a one-token decode; returns the second step's logits."""
-    gen = torch.Generator().manual_seed(0)
-    tok = lambda n: torch.randint(0, config.vocab_size, (n,), generator=gen).tolist()  # noqa: E731
-    kv = KVCache.allocate([config.is_sliding(n) for n in range(config.num_hidden_layers)],
-                          8, 8, 4, config.num_key_value_heads, config.head_dim,
-                          torch.float32, "cpu")
-    model(ForwardBatch.build([SeqSlice(tok(6), 0, [0, 1], [0, 1])], 4, "cpu"), kv)
-    second = [SeqSlice(tok(3), 6, [0, 1, 4], [-1, 1, 4]), SeqSlice(tok(5), 0, [2, 3], [2, 3]),
-              SeqSlice(tok(1), 0, [5], [5])]
-    return model(ForwardBatch.build(second, 4, "cpu"), kv)
 
 
 def test_triton_branch_wiring_matches_the_reference_forward():
