@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from bench_fake_openai import MODEL, FakeServer
 
+from asgi_server import serve_in_thread
 from gptoss_serve.cli import main
 
 
 @pytest.fixture()
 def fake_url():
     server = FakeServer(delay_s=0.001)
-    sock = socket.socket()  # bound here and handed over: no window for another process
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(server.asgi_app(), log_level="error")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", server
-    uv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    served = serve_in_thread(server.asgi_app(), log_level="error")
+    yield served.base_url, server
+    served.stop()
 
 
 def test_cli_writes_result_json_and_prints_the_table(fake_url, tmp_path, capsys):
