@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gptoss_serve.api.choice import ChoiceState
 from gptoss_serve.api.context import ApiContext, new_id, sampling_params
@@ -23,8 +23,7 @@ from gptoss_serve.api.schemas import (
     NamedToolChoice,
     parse_body,
 )
-from gptoss_serve.api.sse import sse_response
-from gptoss_serve.api.streaming import prime, unless_disconnected
+from gptoss_serve.api.streaming import prime, respond
 from gptoss_serve.engine.request import EngineRequest, StepOutput
 from gptoss_serve.errors import InvalidRequestError
 from gptoss_serve.harmony.render import (
@@ -89,14 +88,7 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     ctx.check_capacity()
     engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
     run = ChatRun(ctx, req, engine_req, declared_function_names(tools))
-    outputs = await unless_disconnected(request, prime(ctx.generate(engine_req)))
-    if outputs is None:  # the client left while the request was queued
-        return Response(status_code=499)
-    if req.stream:
-        abort = ctx.engine.abort
-        return sse_response(run.chunks(outputs), on_close=lambda: abort(engine_req.request_id))
-    body = await unless_disconnected(request, run.collect(outputs))
-    return JSONResponse(body) if body is not None else Response(status_code=499)
+    return await respond(request, prime(ctx.generate(engine_req)), run, req.stream)
 
 
 class ChatRun:
@@ -105,6 +97,7 @@ class ChatRun:
     def __init__(self, ctx: ApiContext, req: ChatCompletionRequest, engine_req: EngineRequest,
                  names: list[str]):
         self.id = engine_req.request_id
+        self._engine = ctx.engine
         self.created = int(time.time())
         self.model = req.model
         self.req = req
@@ -121,6 +114,9 @@ class ChatRun:
             )
             for i in range(req.n)
         ]
+
+    def abort(self) -> None:
+        self._engine.abort(self.id)
 
     async def _steps(
         self, outputs: AsyncGenerator[StepOutput, None]

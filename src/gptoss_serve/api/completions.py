@@ -13,13 +13,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gptoss_serve.api.context import ApiContext, check_token_ids, new_id, sampling_params
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
-from gptoss_serve.api.sse import sse_response
 from gptoss_serve.api.stop_strings import StopStringMatcher
-from gptoss_serve.api.streaming import merge, prime, unless_disconnected
+from gptoss_serve.api.streaming import merge, prime, respond
 from gptoss_serve.engine.request import EngineRequest, StepOutput, TokenLogprob
 from gptoss_serve.errors import InvalidRequestError
 
@@ -118,13 +117,7 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
         engine_reqs.append(EngineRequest(new_id("cmpl"), tuple(ids), params))
     ctx.check_capacity()
     run = CompletionRun(ctx, req, engine_reqs)
-    outputs = await unless_disconnected(request, _start_all(ctx, engine_reqs))
-    if outputs is None:  # the client left while the request was queued
-        return Response(status_code=499)
-    if req.stream:
-        return sse_response(run.chunks(outputs), on_close=run.abort)
-    body = await unless_disconnected(request, run.collect(outputs))
-    return JSONResponse(body) if body is not None else Response(status_code=499)
+    return await respond(request, _start_all(ctx, engine_reqs), run, req.stream)
 
 
 async def _start_all(

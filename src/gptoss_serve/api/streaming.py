@@ -1,19 +1,24 @@
-"""Async plumbing shared by the handlers: priming a generation, and watching for a client that left.
+"""Async plumbing shared by the handlers: priming a generation, watching for a client that left,
+and the response every generating handler ends with.
 
-Owns two small rules: (1) a generation is started before the HTTP response begins, so admission
+Owns three small rules: (1) a generation is started before the HTTP response begins, so admission
 errors (context too long for the KV cache, engine dead) are proper status codes, not errors inside
 a 200 stream; (2) a non-streamed request whose client disconnects is cancelled, which aborts its
-engine request. Knows nothing of chat, harmony or response shapes.
+engine request; (3) a client that left before admission or before the body gets a 499. Knows
+nothing of chat, harmony or response shapes (a `Run` makes the chunks and the body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gptoss_serve.api.sse import sse_response
 
 T = TypeVar("T")
 
@@ -95,3 +100,25 @@ async def merge(gens: list[AsyncGenerator[T, None]]) -> AsyncGenerator[T, None]:
     finally:
         for t in tasks:
             t.cancel()
+
+
+class Run(Protocol):
+    """One request in flight, as the handlers build it (api/chat.py, api/completions.py)."""
+
+    def chunks(self, outputs: Any) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def collect(self, outputs: Any) -> dict[str, Any]: ...
+
+    def abort(self) -> None: ...
+
+
+async def respond(request: Request, started: Awaitable[Any], run: Run, stream: bool) -> Response:
+    """Wait for admission (`started`: the primed outputs) unless the client leaves, then stream
+    the run's chunks as server-sent events (aborting when the stream closes) or send its body."""
+    outputs = await unless_disconnected(request, started)
+    if outputs is None:  # the client left while the request was queued
+        return Response(status_code=499)
+    if stream:
+        return sse_response(run.chunks(outputs), on_close=run.abort)
+    body = await unless_disconnected(request, run.collect(outputs))
+    return JSONResponse(body) if body is not None else Response(status_code=499)
