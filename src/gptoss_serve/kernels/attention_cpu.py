@@ -29,21 +29,15 @@ from gptoss_serve.kernels.cpu_threads import kernel_threads
 
 C_THREADS_MIN_WORK = 1 << 16  # query heads x keys below which the C decode runs on one thread
 C_WRITE_ROWS = 8  # new K/V rows up to which one C call writes them (decode steps)
-_C_SOURCE = r"""
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
+_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
 #include <stdlib.h>
-#include <string.h>
 
 static float dot(const float *a, const float *b, long d) {
     __m256 acc = _mm256_setzero_ps();
     long t = 0;
     for (; t + 8 <= d; t += 8)
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), acc);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    float r = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    float r = hsum(acc);
     for (; t < d; t++)
         r += a[t] * b[t];
     return r;
