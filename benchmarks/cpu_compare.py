@@ -235,6 +235,18 @@ def merge_runs(paths: list[Path], to_docs: bool) -> int:
     return 0
 
 
+def run_peer(name: str, args: argparse.Namespace, cache: Path, ckpts: dict, cases: list,
+             notes: list) -> dict:
+    """One peer's results over every case (an error entry when it cannot be set up)."""
+    if name == "transformers":
+        return run_transformers(ckpts["mxfp4"], cases, cache, args.tf_timeout)
+    try:
+        peer = peer_for(name, cache, ckpts, notes)
+    except Exception as exc:
+        return {"peer": name, "error": f"{type(exc).__name__}: {exc}"}
+    return run_served(peer, cases, cache / "logs")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", default="ours,vllm,llamacpp,transformers")
@@ -252,16 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpts, cases, notes, results = prepare_checkpoints(cache), case_dicts(args.quick), [], []
     for name in args.peers.split(","):
         print(f"== {name}", flush=True)
-        if name == "transformers":
-            results.append(run_transformers(ckpts["mxfp4"], cases, cache, args.tf_timeout))
-            (cache / "compare-partial.json").write_text(json.dumps(results, indent=2))
-            continue
-        try:
-            peer = peer_for(name, cache, ckpts, notes)
-        except Exception as exc:
-            results.append({"peer": name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        results.append(run_served(peer, cases, cache / "logs"))
+        results.append(run_peer(name, args, cache, ckpts, cases, notes))
         (cache / "compare-partial.json").write_text(json.dumps(results, indent=2))
     run = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
            "versions": versions(cache), "cases": cases, "results": results, "notes": notes,
