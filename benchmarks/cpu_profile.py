@@ -4,7 +4,8 @@ Loads a checkpoint (e.g. `gptoss-serve make-checkpoint DIR --preset small`) with
 set and dtype, then runs the engine step by step and reports: the prefill of one long prompt
 (TTFT of a lone request), and the decode step time at batch 1 and batch N (tokens/s). With
 `--profile` it also prints the torch profiler's top operators of a few decode steps; with
-`--breakdown` it splits the batch-1 decode step into logits kernel, rest of the model, sampler
+`--breakdown` it splits the batch-1 decode step into the model up to the final norm, the output
+head (the greedy screen or the logits kernel), sampler
 and engine host work (scheduler, ForwardBatch, update), each timed around the real calls.
 
     .venv/bin/python benchmarks/cpu_profile.py DIR --kernels auto --dtype float32
@@ -99,36 +100,45 @@ class Timers:
 
 
 def breakdown(engine: LLMEngine, out_len: int) -> dict:
-    """Median ms per batch-1 decode step of: logits kernel, model without logits (of which
-    attention and MoE kernels, all layers), sampler, engine host work (step minus model and
-    sampler)."""
+    """Median ms per batch-1 decode step of: the model up to the final norm (of which the
+    attention and MoE kernels, all layers), the output head (the greedy screen where the step
+    takes it, else the logits kernel), sampler, engine host work (the rest of the step)."""
     runner, timers = engine.runner, Timers()
     model, sampler = runner.model, runner.sampler
     kernels = model.kernels
     model.kernels = dataclasses.replace(
         kernels, logits=timers.wrap("logits", kernels.logits),
         attention=timers.wrap("attention", kernels.attention), moe=timers.wrap("moe", kernels.moe))
-    forward, sample = model.forward, sampler.sample
-    model.forward = timers.wrap("model", forward)
+    saved = {"hidden": model.hidden, "greedy_tokens": model.greedy_tokens}
+    for name, fn in saved.items():
+        setattr(model, name, timers.wrap(name, fn))
+    sample = sampler.sample
     sampler.sample = timers.wrap("sampler", sample)
     try:
         add_prompts(engine, 1, 128, out_len, "bd")
         steps = [dt for _, dt in timed_steps(engine)][2:]  # skip prefill and the first decode
     finally:
-        model.kernels, model.forward, sampler.sample = kernels, forward, sample
-    layers = len(model.block)
-    t = {k: v[2 * (layers if k in ("attention", "moe") else 1):] for k, v in timers.times.items()}
-    per_step = {k: [sum(v[i:i + layers]) for i in range(0, len(v), layers)]
-                for k, v in t.items() if k in ("attention", "moe")}
-    ms = {k: statistics.median(v) * 1e3 for k, v in (t | per_step).items()}
-    host = statistics.median(s - m - p for s, m, p in zip(steps, t["model"], t["sampler"],
-                                                           strict=True)) * 1e3
+        model.kernels, sampler.sample = kernels, sample
+        for name in saved:
+            delattr(model, name)
+    skip = {"attention": 2 * len(model.block), "moe": 2 * len(model.block)}
+    per = {k: len(model.block) if k in skip else 1 for k in timers.times}
+    ms = {k: _median_per_step(v[skip.get(k, 2):], per[k], len(steps)) for k, v in
+          timers.times.items()}
+    head = ms["logits"] + ms["greedy_tokens"]
+    host = statistics.median(steps) * 1e3 - ms["hidden"] - head - ms["sampler"]
     return {"step_ms": round(statistics.median(steps) * 1e3, 2),
-            "logits_ms": round(ms["logits"], 2),
-            "model_without_logits_ms": round(statistics.median(
-                m - lg for m, lg in zip(t["model"], t["logits"], strict=True)) * 1e3, 2),
+            "head": "greedy screen" if ms["greedy_tokens"] and not ms["logits"] else "logits",
+            "head_ms": round(head, 2), "model_without_head_ms": round(ms["hidden"], 2),
             "attention_ms": round(ms["attention"], 2), "moe_ms": round(ms["moe"], 2),
             "sampler_ms": round(ms["sampler"], 2), "engine_host_ms": round(host, 2)}
+
+
+def _median_per_step(times: list[float], per_step: int, steps: int) -> float:
+    """Median ms per step of a call made `per_step` times a step (0 where it was not called
+    in most steps)."""
+    sums = [sum(times[i:i + per_step]) for i in range(0, len(times), per_step)]
+    return statistics.median(sums + [0.0] * (steps - len(sums))) * 1e3 if steps else 0.0
 
 
 def main() -> None:

@@ -197,12 +197,19 @@ class ModelRunner:
                   for s in out.scheduled]
         tokens = sum(s.num_new_tokens for s in out.scheduled) if self.device.type == "cpu" else 0
         with step_threads(tokens) if tokens else contextlib.nullcontext():
+            rows = [sampling_row(s.seq) for s in out.sampling]
             if self.decode is not None and self.decode.accepts(slices):
                 logits = self.decode.run(slices)
             else:
                 batch = ForwardBatch.build(slices, self.block_size, self.device)
-                logits = self.model.forward(batch, self.kv_cache)
-            rows = [sampling_row(s.seq) for s in out.sampling]
+                if not (Sampler.argmax_only(rows) and hasattr(self.model, "greedy_tokens")):
+                    logits = self.model.forward(batch, self.kv_cache)
+                else:  # a greedy step: the model may find the tokens without every logit
+                    h = self.model.hidden(batch, self.kv_cache)
+                    ids = self.model.greedy_tokens(h)
+                    if ids is not None:
+                        return [SampledToken(t) for t in ids.tolist()]
+                    logits = self.model.logits(h)
             return self.sampler.sample(logits.float(), rows)
 
 

@@ -158,6 +158,15 @@ class Sampler:
         chosen = self._choose(processed, rows)
         return self._collect(logits, chosen, rows)
 
+    @staticmethod
+    def argmax_only(rows: list[SamplingRow]) -> bool:
+        """Whether `sample` reduces to `greedy(logits)` for every row: temperature 0, no
+        logprobs, logit_bias, masked stop ids or penalties (then a model may find the argmax
+        without every logit)."""
+        return not any(r.params.temperature > 0 or r.params.logprobs is not None
+                       or r.params.logit_bias or r.banned_ids or r.params.frequency_penalty
+                       or r.params.presence_penalty for r in rows)
+
     # ---- logits processing ---------------------------------------------------------------------
     def _process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         vocab = logits.shape[1]

@@ -72,12 +72,8 @@ static void four_rows(const float *x, const uint16_t *w0, float *out, long m_row
 /* the same sums for a single row (the same order of operations as in four_rows) */
 static void one_row(const float *x, const uint16_t *w0, float *out, long m_rows,
                     long h_dim, long ldo) {
-    for (long m = 0; m < m_rows; m++) {
-        __m256 a0 = _mm256_setzero_ps();
-        for (long h = 0; h < h_dim; h += 8)
-            a0 = _mm256_fmadd_ps(load8(w0 + h), _mm256_loadu_ps(x + m * h_dim + h), a0);
-        out[m * ldo] = hsum(a0);
-    }
+    for (long m = 0; m < m_rows; m++)
+        out[m * ldo] = bf16_dot(x + m * h_dim, w0, h_dim);
 }
 
 /* one activation row (a decode step): the weight read once, row after row, widened in

@@ -46,6 +46,8 @@ class KernelSet:
     rotary: Callable = apply_rotary  # RoPE of the non-Triton path, same signature
     projection_dtype: torch.dtype | None = None  # keep those weights in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16, read by `linear`
+    argmax_index: Callable | None = None  # unembedding -> an index whose .argmax(h) is
+    # logits(h, unembedding).argmax(-1) exactly, or None; greedy steps then skip the logits
 
 
 def reference_kernels(reason: str = "") -> KernelSet:
@@ -70,8 +72,10 @@ def cpu_kernels(why: str) -> KernelSet:
     """The CPU set: batched-decode/SDPA attention, grouped MoE over experts dequantized to bf16
     (exact for MXFP4; decode steps read the packed MXFP4 copy kept beside it, one C call per
     layer), logits and attention projections from bf16 weights (the checkpoint's), RMSNorm and
-    RoPE of decode rows in C; all accumulate in float32."""
+    RoPE of decode rows in C; all accumulate in float32. Greedy steps find the argmax through
+    an int8 screen of the unembedding (`greedy_cpu`), exactly."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
+    from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
     from gptoss_serve.kernels.logits_cpu import bf16_logits_status, linear_cpu, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
     from gptoss_serve.kernels.norm_cpu import rms_norm_cpu
@@ -84,7 +88,8 @@ def cpu_kernels(why: str) -> KernelSet:
                      f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
                      packed_decode_experts=True, rms_norm=rms_norm_cpu, rotary=rotary_cpu,
-                     linear=linear_cpu, projection_dtype=torch.bfloat16)
+                     linear=linear_cpu, projection_dtype=torch.bfloat16,
+                     argmax_index=ArgmaxIndex.build)
 
 
 def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:

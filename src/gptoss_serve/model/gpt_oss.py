@@ -8,6 +8,8 @@ knows nothing of checkpoint files, scheduling or sampling.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -18,6 +20,9 @@ from gptoss_serve.kernels.moe_cpu import dequantize_lut, keep_dense_experts
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
 from gptoss_serve.model.rope import Rotary
+
+if TYPE_CHECKING:
+    from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
 
 
 class RMSNorm(nn.Module):
@@ -176,6 +181,7 @@ class GptOssModel(nn.Module):
         self._materialize(dtype, torch.device(device))
         self.rotary = Rotary(config, device)
         self._rope_tables: tuple[torch.Tensor, ...] | None = None
+        self._argmax, self._argmax_key = None, None  # see greedy_tokens
         self.requires_grad_(False)
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -234,7 +240,38 @@ class GptOssModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
-        """One step: new tokens of all sequences -> float32 logits of `batch.logits_indices`.
+        """One step: new tokens of all sequences -> float32 logits of `batch.logits_indices`."""
+        return self.logits(self.hidden(batch, kv_cache))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """float32 logits of final hidden rows (`hidden`)."""
+        return self.kernels.logits(h, self.unembedding.weight)
+
+    def greedy_tokens(self, h: torch.Tensor) -> torch.Tensor | None:
+        """`logits(h).argmax(-1)` (the first on ties) where the kernel set can find it without
+        every logit (`KernelSet.argmax_index`), else None."""
+        index = self._argmax_index()
+        return None if index is None else index.argmax(h)
+
+    def prepare_greedy(self) -> None:
+        """After loading: build `greedy_tokens`' index now, not in the first request."""
+        self._argmax_index()
+
+    def _argmax_index(self) -> ArgmaxIndex | None:
+        """The kernel set's argmax index of the unembedding, built on first use and again
+        whenever the unembedding was written since (its tensor version moved)."""
+        build, w = self.kernels.argmax_index, self.unembedding.weight
+        if build is None:
+            return None
+        key = (w.data_ptr(), w._version)
+        if self._argmax_key != key:
+            self._argmax, self._argmax_key = build(w), key
+        return self._argmax
+
+    @torch.no_grad()
+    def hidden(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
+        """One step: new tokens of all sequences -> the final-normed hidden rows of
+        `batch.logits_indices`.
 
         The residual stream `res` is added to each block's output inside the next norm call
         (`kernels.rms_norm(..., residual=res)`), so no separate add runs between blocks.
@@ -248,5 +285,4 @@ class GptOssModel(nn.Module):
             h, res = self._norm(blk.mlp.norm, x, res)
             x = blk.mlp.mix(h, self.kernels)
         rows = batch.logits_indices
-        h, _ = self._norm(self.norm, x[rows], res[rows])
-        return self.kernels.logits(h, self.unembedding.weight)
+        return self._norm(self.norm, x[rows], res[rows])[0]

@@ -244,6 +244,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
     model = GptOssModel(config, dt, dev, kernels)
     load_weights(model, ckpt)
     model.prepare_experts()
+    model.prepare_greedy()
     log.info("loaded %s (%s layout) as %s on %s", folder, ckpt.layout, model.dtype, dev)
     return model.eval()
 

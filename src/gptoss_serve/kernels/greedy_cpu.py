@@ -1,0 +1,259 @@
+"""Exact greedy tokens on CPU without computing every logit exactly: an int8 screen of the
+bf16 unembedding, then the exact bf16 sums only for the rows the screen cannot rule out.
+
+A greedy (temperature 0) step needs only the argmax of the logits. The unembedding is the
+biggest read of a batch-1 decode step (201088 bf16 rows); `ArgmaxIndex` keeps beside it an int8
+copy (one float32 scale per row: half the bytes) and, per row, bounds of the quantization error
+(largest element, Euclidean norm) and of float32 rounding. For an activation row x:
+  1. every row's screen score A_v = s_v * sum q_v,h x_h (int8 widened to float32),
+  2. a bound B_v >= |A_v - E_v| where E_v is the logit `logits_cpu` computes (the same float32
+     sum, `bf16_dot` of `cpu_c.AVX_PRELUDE`): rounding of both sums + min(max|e_v| |x|_1,
+     |e_v|_2 |x|_2) with e_v = w_v - s_v q_v (Hoelder and Cauchy-Schwarz),
+  3. L = max_v (A_v - B_v); a row with A_v + B_v < L has E_v < L <= E_j for some j, so it is
+     neither the argmax nor tied with it,
+  4. E_v computed exactly for the others; the largest wins, the first index on ties.
+The result is `argmax(logits_cpu(x, weight))` bit for bit whatever the weights (the bound is
+rigorous; only the number of rows computed in step 4 depends on the weights). Non-finite
+activations make the call return None (the caller computes the logits); an unembedding with
+non-finite values gets no index.
+
+Owns the index and its C kernel; knows nothing of sampling parameters or the model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gptoss_serve.kernels import cpu_c
+from gptoss_serve.kernels.cpu_threads import kernel_threads
+
+BUILD_ROWS = 8192  # unembedding rows quantized at a time when building the index
+MAX_ROWS = 4  # activation rows per call: more read the screen again (each pair costs a pass)
+_U = 2.0 ** -24  # float32 unit roundoff
+_MAX_PARTS = 64
+
+_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_thread_num(void) { return 0; }
+#endif
+#define MAX_PARTS 64
+#define MAX_ROWS 4
+/* 32 int8 products q * xq summed into 8 int32 lanes: |q| (u8) times xq with q's sign (s8),
+   pairs (at most 2 * 127 * 127, no saturation) then fours, exact */
+#define SCREEN(k) { __m256i qv = _mm256_loadu_si256((const __m256i *)(q + k * h_dim + h)); \
+    acc##k = _mm256_add_epi32(acc##k, _mm256_madd_epi16(_mm256_maddubs_epi16( \
+        _mm256_abs_epi8(qv), _mm256_sign_epi8(xv, qv)), ones)); }
+
+typedef struct { float scale, round_c, e_max, e_l2, sq_l2; } RowStats;
+typedef struct { double sx, l1, l2, dx_l2; } Activation;
+
+static inline int64_t isum(__m256i v) {
+    int32_t l[8];
+    _mm256_storeu_si256((__m256i *)l, v);
+    return (int64_t)l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7];
+}
+
+/* xq = round(x / sx) with sx = max|x| / 127, and the norms the bound needs; 0 if not finite */
+static int quantize(const float *x, long h_dim, double w_top, int8_t *xq, Activation *a) {
+    double top = 0, l1 = 0, l2 = 0, d2 = 0;
+    for (long h = 0; h < h_dim; h++) {
+        double v = fabs((double)x[h]);
+        top = v > top ? v : top;
+        l1 += v; l2 += v * v;
+    }
+    if (!isfinite(l1) || !isfinite(l2) || l1 * w_top > 1e37)  /* no exact sum can overflow */
+        return 0;
+    a->sx = top / 127;
+    for (long h = 0; h < h_dim; h++) {
+        double r = a->sx > 0 ? nearbyint(x[h] / a->sx) : 0;
+        r = r > 127 ? 127 : r < -127 ? -127 : r;
+        xq[h] = (int8_t)r;
+        double d = x[h] - a->sx * r;
+        d2 += d * d;
+    }
+    double grow = 1 + 1e-9;  /* the rounding of these double sums */
+    a->l1 = l1 * grow; a->l2 = sqrt(l2) * grow; a->dx_l2 = sqrt(d2) * grow;
+    return 1;
+}
+
+/* screen scores of rows [v0, v1): s_v * sx * sum q_v . xq, four rows at a time */
+static void screen(const int8_t *xq, double sx, const int8_t *qw, const RowStats *st,
+                   double *out, long h_dim, long v0, long v1) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    long v = v0;
+    for (; v + 4 <= v1; v += 4) {
+        const int8_t *q = qw + v * h_dim;
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        for (long h = 0; h < h_dim; h += 32) {
+            _mm_prefetch((const char *)(q + 8 * h_dim + 4 * h), _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + 8 * h_dim + 4 * h + 64), _MM_HINT_T0);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + h));
+            SCREEN(0) SCREEN(1) SCREEN(2) SCREEN(3)
+        }
+        out[v] = st[v].scale * sx * isum(acc0); out[v + 1] = st[v + 1].scale * sx * isum(acc1);
+        out[v + 2] = st[v + 2].scale * sx * isum(acc2);
+        out[v + 3] = st[v + 3].scale * sx * isum(acc3);
+    }
+    for (; v < v1; v++) {
+        const int8_t *q = qw + v * h_dim;
+        __m256i acc0 = _mm256_setzero_si256();
+        for (long h = 0; h < h_dim; h += 32) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + h));
+            SCREEN(0)
+        }
+        out[v] = st[v].scale * sx * isum(acc0);
+    }
+}
+
+/* >= |score - exact logit|: rounding of the exact sum, the weight's quantization error
+   (Hoelder or Cauchy-Schwarz, the smaller) and the activation's (Cauchy-Schwarz) */
+static inline double bound(const RowStats *s, const Activation *a) {
+    double e1 = s->e_max * a->l1, e2 = s->e_l2 * a->l2;
+    return s->round_c * a->l1 + (e1 < e2 ? e1 : e2) + (double)s->scale * s->sq_l2 * a->dx_l2;
+}
+
+/* For each activation row m < m_rows (<= MAX_ROWS): out[m] = argmax_v bf16_dot(x[m], w[v])
+   (the first on ties), computed[m] = rows whose exact sum was needed; scores: [m_rows,
+   v_rows] scratch. Returns 0 (nothing written) if some row is not finite or too large. */
+int screened_argmax(const float *x, long m_rows, long h_dim, const uint16_t *w, double w_top,
+                    const int8_t *q, const RowStats *st, long v_rows, double *scores,
+                    int parts, int64_t *out, int64_t *computed) {
+    double low[MAX_PARTS][MAX_ROWS];  /* per thread and activation row, shared */
+    float best[MAX_PARTS][MAX_ROWS];
+    int64_t where[MAX_PARTS][MAX_ROWS], count[MAX_PARTS][MAX_ROWS];
+    int8_t xq[MAX_ROWS * h_dim];
+    Activation act[MAX_ROWS];
+    for (long m = 0; m < m_rows; m++)
+        if (!quantize(x + m * h_dim, h_dim, w_top, xq + m * h_dim, act + m))
+            return 0;
+    long step = ((v_rows + parts - 1) / parts + 3) / 4 * 4;
+    #pragma omp parallel num_threads(parts)
+    {
+        int t = omp_get_thread_num();
+        long v0 = t * step, v1 = v0 + step < v_rows ? v0 + step : v_rows;
+        for (long m = 0; m < m_rows; m++) {
+            double *a = scores + m * v_rows, lo = -INFINITY;
+            if (v0 < v1)
+                screen(xq + m * h_dim, act[m].sx, q, st, a, h_dim, v0, v1);
+            for (long v = v0; v < v1; v++) {
+                double d = a[v] - bound(st + v, act + m);
+                lo = d > lo ? d : lo;
+            }
+            low[t][m] = lo;
+        }
+        #pragma omp barrier
+        for (long m = 0; m < m_rows; m++) {
+            const double *a = scores + m * v_rows;
+            const float *xm = x + m * h_dim;
+            double floor_ = -INFINITY;
+            for (int j = 0; j < parts; j++)
+                floor_ = low[j][m] > floor_ ? low[j][m] : floor_;
+            float top = -INFINITY;
+            int64_t at = -1, n = 0;
+            for (long v = v0; v < v1; v++) {
+                if (a[v] + bound(st + v, act + m) < floor_)
+                    continue;
+                float e = bf16_dot(xm, w + v * h_dim, h_dim);
+                n++;
+                if (at < 0 || e > top) { top = e; at = v; }
+            }
+            best[t][m] = top; where[t][m] = at; count[t][m] = n;
+        }
+    }
+    for (long m = 0; m < m_rows; m++) {
+        float top = -INFINITY;
+        int64_t at = -1, n = 0;
+        for (int j = 0; j < parts; j++) {  /* slices in index order: strict > keeps the first */
+            n += count[j][m];
+            if (where[j][m] >= 0 && (at < 0 || best[j][m] > top)) {
+                top = best[j][m]; at = where[j][m];
+            }
+        }
+        out[m] = at; computed[m] = n;
+    }
+    return 1;
+}
+"""
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.screened_argmax.restype = ctypes.c_int
+    lib.screened_argmax.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
+                                     ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p])
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    return cpu_c.load("greedy_screen", _C_SOURCE, _declare)
+
+
+def _round_up(t: torch.Tensor, rel: float = 1e-6) -> torch.Tensor:
+    """A float32 upper bound of non-negative t (computed in float32: widened by `rel`)."""
+    return (t * (1 + rel)).nextafter(torch.tensor(math.inf))
+
+
+@dataclass
+class ArgmaxIndex:
+    """The screen of one bf16 unembedding [V, H] (the weight kept by reference, not copied)."""
+
+    weight: torch.Tensor  # bf16 [V, H]
+    w_top: float  # max |weight|
+    q: torch.Tensor  # int8 [V, H]
+    stats: torch.Tensor  # float32 [V, 5]: scale, round_c, e_max, e_l2, |q|_2 (C's RowStats)
+
+    @classmethod
+    def build(cls, weight: torch.Tensor) -> ArgmaxIndex | None:
+        """The index of a contiguous bf16 [V, H] CPU weight (H % 32 == 0); None where the C
+        kernel cannot run or the weight holds non-finite values."""
+        v, h = weight.shape
+        if (_load()[0] is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu"
+                or not weight.is_contiguous() or h % 32 or v == 0):
+            return None
+        q = torch.empty(v, h, dtype=torch.int8)
+        stats = torch.empty(v, 5, dtype=torch.float32)
+        gamma = h * _U / (1 - h * _U)  # recursive float32 summation of h products
+        for s in range(0, v, BUILD_ROWS):
+            w = weight[s:s + BUILD_ROWS].float()
+            top = w.abs().amax(dim=1)
+            if not bool(torch.isfinite(top).all()):
+                return None
+            scale = top / 127
+            qs = torch.where(scale[:, None] > 0, w / scale[:, None], 0).round_().clamp_(-127, 127)
+            q[s:s + BUILD_ROWS] = qs.to(torch.int8)
+            err = w.sub_(qs.mul_(scale[:, None])).abs_()  # float32: off by <= 2u * top
+            slack = 2 * _U * top
+            stats[s:s + BUILD_ROWS] = torch.stack([
+                scale, _round_up(top * gamma), _round_up(err.amax(dim=1) + slack),
+                _round_up(err.square().sum(dim=1).sqrt() + slack * h ** 0.5),
+                _round_up(q[s:s + BUILD_ROWS].float().square().sum(dim=1).sqrt())], dim=1)
+        return cls(weight, float(weight.abs().max()), q, stats.contiguous())
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`argmax(logits_cpu(x, weight), -1)` for float32 rows x [S, H], S <= MAX_ROWS; None
+        for non-finite rows or more rows than that (compute the logits then)."""
+        found = self.screen(x)
+        return None if found is None else found[0]
+
+    def screen(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(argmax [S], rows whose exact logit was computed [S]); see `argmax`."""
+        x = x.float().contiguous()
+        (m, h), (v, _) = x.shape, self.weight.shape
+        if m == 0 or m > MAX_ROWS or h != self.weight.shape[1]:
+            return None
+        out, computed = torch.empty(m, dtype=torch.int64), torch.empty(m, dtype=torch.int64)
+        scores = torch.empty(m, v, dtype=torch.float64)
+        parts = max(1, min(kernel_threads(), _MAX_PARTS, v // 256 or 1))
+        ok = _load()[0].screened_argmax(
+            x.data_ptr(), m, h, self.weight.data_ptr(), self.w_top, self.q.data_ptr(),
+            self.stats.data_ptr(), v, scores.data_ptr(), parts, out.data_ptr(),
+            computed.data_ptr())
+        return (out, computed) if ok else None
