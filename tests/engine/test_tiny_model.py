@@ -63,3 +63,29 @@ def test_greedy_equals_transformers_generate(checkpoint, prompts):
         with torch.no_grad():
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False)
         assert out.token_ids == ref[0, len(prompt):].tolist()
+
+
+def test_greedy_screen_steps_equal_the_logits_steps(checkpoint, prompts):
+    """Greedy steps of the CPU set take the screen (`greedy_tokens`) instead of the logits; the
+    tokens are those of the same engine computing every logit."""
+    import dataclasses
+
+    llm = make_llm(checkpoint)
+    model = llm.engine.runner.model
+    if model.kernels.argmax_index is None or model._argmax is None:
+        pytest.skip("no C kernel for the greedy screen here")
+    found, calls = model.greedy_tokens, []
+
+    def counted(h):
+        ids = found(h)
+        calls.append(0 if ids is None else len(ids))
+        return ids
+
+    model.greedy_tokens = counted
+    screened = [o.token_ids for o in llm.generate(prompts, GREEDY)]
+    assert sum(calls) > 0 and 0 in calls  # steps of more than MAX_ROWS rows take the logits
+    model.kernels = dataclasses.replace(model.kernels, argmax_index=None)
+    model._argmax_key = None
+    calls.clear()
+    plain = [o.token_ids for o in llm.generate(prompts, GREEDY)]
+    assert screened == plain and not any(calls)

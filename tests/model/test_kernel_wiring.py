@@ -122,3 +122,22 @@ def test_120b_memory_plan_on_an_80_gb_card():
     assert plan.kv.num_sliding_blocks >= sched.max_num_seqs * (128 // 16 + 1)
     assert plan.sequences(131072) >= 1
     assert plan.sequences(8192) == plan.kv.num_full_blocks // 512 >= 16 * plan.sequences(131072)
+
+
+def test_greedy_tokens_follow_the_unembedding(tmp_path):
+    """The CPU set's greedy screen (built at load) gives the logits' argmax, and again after
+    the unembedding is written in place (the index is rebuilt, not stale)."""
+    path = write_checkpoint(tmp_path / "ckpt", preset="tiny", seed=4)
+    model = weights.load_model(path, device="cpu", kernels="auto")
+    if model.kernels.argmax_index is None or model._argmax is None:
+        pytest.skip("no C kernel for the greedy screen here")
+    h = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    want = model.logits(h).argmax(dim=-1)
+    assert torch.equal(model.greedy_tokens(h), want)
+    w = model.unembedding.weight
+    w[want[0] + 1] = w[want[0]] * 2  # a new best row for h[0] (its logit is positive)
+    w[want[1]] = -w[want[1]]
+    moved = model.logits(h).argmax(dim=-1)
+    assert int(moved[0]) == int(want[0]) + 1 and int(moved[1]) != int(want[1])
+    assert torch.equal(model.greedy_tokens(h), moved)
+    assert model.greedy_tokens(h[:0]) is None  # nothing to find: the caller takes the logits

@@ -45,12 +45,6 @@ static int omp_get_thread_num(void) { return 0; }
 #endif
 #define MAX_PARTS 64
 #define MAX_ROWS 4
-/* 32 int8 products q * xq summed into 8 int32 lanes: |q| (u8) times xq with q's sign (s8),
-   pairs (at most 2 * 127 * 127, no saturation) then fours, exact */
-#define SCREEN(k) { __m256i qv = _mm256_loadu_si256((const __m256i *)(q + k * h_dim + h)); \
-    acc##k = _mm256_add_epi32(acc##k, _mm256_madd_epi16(_mm256_maddubs_epi16( \
-        _mm256_abs_epi8(qv), _mm256_sign_epi8(xv, qv)), ones)); }
-
 typedef struct { float scale, round_c, e_max, e_l2, sq_l2; } RowStats;
 typedef struct { double sx, l1, l2, dx_l2; } Activation;
 
@@ -83,33 +77,50 @@ static int quantize(const float *x, long h_dim, double w_top, int8_t *xq, Activa
     return 1;
 }
 
-/* screen scores of rows [v0, v1): s_v * sx * sum q_v . xq, four rows at a time */
-static void screen(const int8_t *xq, double sx, const int8_t *qw, const RowStats *st,
-                   double *out, long h_dim, long v0, long v1) {
+/* screen scores of NQ rows from v against M activation rows (constants after inlining: the
+   accumulators stay in registers) */
+static inline __attribute__((always_inline)) void block(
+        const int8_t *xq, const double *sx, const int8_t *qw, const RowStats *st, double *out,
+        long h_dim, long v_rows, long v, const int nq, const int m_rows) {
     const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *q = qw + v * h_dim;
+    __m256i acc[8];
+    for (int i = 0; i < nq * m_rows; i++)
+        acc[i] = _mm256_setzero_si256();
+    for (long h = 0; h < h_dim; h += 32) {
+        for (int k = 0; k < nq; k += 2)  /* two blocks ahead, a line per 32 values and row */
+            _mm_prefetch((const char *)(q + (2 * nq + k) * h_dim + 2 * h), _MM_HINT_T0);
+        for (int k = 0; k < nq; k++) {
+            __m256i qv = _mm256_loadu_si256((const __m256i *)(q + k * h_dim + h));
+            __m256i mag = _mm256_abs_epi8(qv);
+            for (int j = 0; j < m_rows; j++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * h_dim + h));
+                /* |q| (u8) times xq with q's sign (s8): pairs at most 2 * 127 * 127, exact */
+                __m256i p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(xv, qv));
+                acc[k * m_rows + j] = _mm256_add_epi32(acc[k * m_rows + j],
+                                                       _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    for (int k = 0; k < nq; k++)
+        for (int j = 0; j < m_rows; j++)
+            out[j * v_rows + v + k] = st[v + k].scale * sx[j] * isum(acc[k * m_rows + j]);
+}
+
+/* screen scores of rows [v0, v1) for every activation row: s_v * sx * sum q_v . xq, each
+   weight row read once */
+static void screen(const int8_t *xq, const double *sx, long m_rows, const int8_t *qw,
+                   const RowStats *st, double *out, long h_dim, long v_rows, long v0, long v1) {
     long v = v0;
-    for (; v + 4 <= v1; v += 4) {
-        const int8_t *q = qw + v * h_dim;
-        __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        for (long h = 0; h < h_dim; h += 32) {
-            _mm_prefetch((const char *)(q + 8 * h_dim + 4 * h), _MM_HINT_T0);
-            _mm_prefetch((const char *)(q + 8 * h_dim + 4 * h + 64), _MM_HINT_T0);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + h));
-            SCREEN(0) SCREEN(1) SCREEN(2) SCREEN(3)
-        }
-        out[v] = st[v].scale * sx * isum(acc0); out[v + 1] = st[v + 1].scale * sx * isum(acc1);
-        out[v + 2] = st[v + 2].scale * sx * isum(acc2);
-        out[v + 3] = st[v + 3].scale * sx * isum(acc3);
+    switch (m_rows) {
+    case 1: for (; v + 4 <= v1; v += 4) block(xq, sx, qw, st, out, h_dim, v_rows, v, 4, 1); break;
+    case 2: for (; v + 2 <= v1; v += 2) block(xq, sx, qw, st, out, h_dim, v_rows, v, 2, 2); break;
+    case 3: for (; v + 2 <= v1; v += 2) block(xq, sx, qw, st, out, h_dim, v_rows, v, 2, 3); break;
+    default: for (; v + 2 <= v1; v += 2) block(xq, sx, qw, st, out, h_dim, v_rows, v, 2, 4);
     }
-    for (; v < v1; v++) {
-        const int8_t *q = qw + v * h_dim;
-        __m256i acc0 = _mm256_setzero_si256();
-        for (long h = 0; h < h_dim; h += 32) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + h));
-            SCREEN(0)
-        }
-        out[v] = st[v].scale * sx * isum(acc0);
-    }
+    for (; v < v1; v++)
+        for (long j = 0; j < m_rows; j++)
+            block(xq + j * h_dim, sx + j, qw, st, out + j * v_rows, h_dim, v_rows, v, 1, 1);
 }
 
 /* >= |score - exact logit|: rounding of the exact sum, the weight's quantization error
@@ -130,18 +141,21 @@ int screened_argmax(const float *x, long m_rows, long h_dim, const uint16_t *w, 
     int64_t where[MAX_PARTS][MAX_ROWS], count[MAX_PARTS][MAX_ROWS];
     int8_t xq[MAX_ROWS * h_dim];
     Activation act[MAX_ROWS];
-    for (long m = 0; m < m_rows; m++)
+    double sx[MAX_ROWS];
+    for (long m = 0; m < m_rows; m++) {
         if (!quantize(x + m * h_dim, h_dim, w_top, xq + m * h_dim, act + m))
             return 0;
-    long step = ((v_rows + parts - 1) / parts + 3) / 4 * 4;
+        sx[m] = act[m].sx;
+    }
+    long step = ((v_rows + parts - 1) / parts + 3) / 4 * 4;  /* whole blocks per thread */
     #pragma omp parallel num_threads(parts)
     {
         int t = omp_get_thread_num();
         long v0 = t * step, v1 = v0 + step < v_rows ? v0 + step : v_rows;
+        if (v0 < v1)
+            screen(xq, sx, m_rows, q, st, scores, h_dim, v_rows, v0, v1);
         for (long m = 0; m < m_rows; m++) {
             double *a = scores + m * v_rows, lo = -INFINITY;
-            if (v0 < v1)
-                screen(xq + m * h_dim, act[m].sx, q, st, a, h_dim, v0, v1);
             for (long v = v0; v < v1; v++) {
                 double d = a[v] - bound(st + v, act + m);
                 lo = d > lo ? d : lo;
