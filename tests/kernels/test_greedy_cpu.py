@@ -115,7 +115,7 @@ def test_weight_rounding_alone_decides() -> None:
     w[30, 2] = 3.59375 * 2 ** -10  # -> q 4: screen +1, true +0.59
     w = w.bfloat16()
     index = ArgmaxIndex.build(w)
-    q, scale = index.q.float(), index.stats[:, 0]
+    q, scale = index.q.float(), index.scale
     assert int((scale[:, None] * q @ x[0]).argmax()) == 30  # what the screen alone would say
     assert int(_exact(x, w)) == 20 == int(index.argmax(x))
 

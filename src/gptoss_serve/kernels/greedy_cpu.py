@@ -45,7 +45,7 @@ static int omp_get_thread_num(void) { return 0; }
 #endif
 #define MAX_PARTS 64
 #define MAX_ROWS 4
-typedef struct { float scale, round_c, e_max, e_l2, sq_l2; } RowStats;
+typedef struct { float round_c, e_max, e_l2, sq_l2; } RowStats;  /* see ArgmaxIndex.stats */
 typedef struct { double sx, l1, l2, dx_l2; } Activation;
 
 static inline int64_t isum(__m256i v) {
@@ -80,7 +80,7 @@ static int quantize(const float *x, long h_dim, double w_top, int8_t *xq, Activa
 /* screen scores of NQ rows from v against M activation rows (constants after inlining: the
    accumulators stay in registers) */
 static inline __attribute__((always_inline)) void block(
-        const int8_t *xq, const double *sx, const int8_t *qw, const RowStats *st, double *out,
+        const int8_t *xq, const double *sx, const int8_t *qw, const float *scale, double *out,
         long h_dim, long v_rows, long v, const int nq, const int m_rows) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int8_t *q = qw + v * h_dim;
@@ -88,8 +88,9 @@ static inline __attribute__((always_inline)) void block(
     for (int i = 0; i < nq * m_rows; i++)
         acc[i] = _mm256_setzero_si256();
     for (long h = 0; h < h_dim; h += 32) {
-        for (int k = 0; k < nq; k += 2)  /* two blocks ahead, a line per 32 values and row */
-            _mm_prefetch((const char *)(q + (2 * nq + k) * h_dim + 2 * h), _MM_HINT_T0);
+        for (int k = 0; k < nq; k += 2)  /* 8 blocks ahead (measured: 2 to 8 alike, none 2x
+                                             slower), a line per 32 values and row */
+            _mm_prefetch((const char *)(q + (8 * nq + k) * h_dim + 2 * h), _MM_HINT_T0);
         for (int k = 0; k < nq; k++) {
             __m256i qv = _mm256_loadu_si256((const __m256i *)(q + k * h_dim + h));
             __m256i mag = _mm256_abs_epi8(qv);
@@ -104,37 +105,41 @@ static inline __attribute__((always_inline)) void block(
     }
     for (int k = 0; k < nq; k++)
         for (int j = 0; j < m_rows; j++)
-            out[j * v_rows + v + k] = st[v + k].scale * sx[j] * isum(acc[k * m_rows + j]);
+            out[j * v_rows + v + k] = scale[v + k] * sx[j] * isum(acc[k * m_rows + j]);
 }
 
 /* screen scores of rows [v0, v1) for every activation row: s_v * sx * sum q_v . xq, each
-   weight row read once */
+   weight row read once, two at a time (measured: faster than one or four for one row) */
 static void screen(const int8_t *xq, const double *sx, long m_rows, const int8_t *qw,
-                   const RowStats *st, double *out, long h_dim, long v_rows, long v0, long v1) {
+                   const float *scale, double *out, long h_dim, long v_rows, long v0, long v1) {
     long v = v0;
-    switch (m_rows) {
-    case 1: for (; v + 4 <= v1; v += 4) block(xq, sx, qw, st, out, h_dim, v_rows, v, 4, 1); break;
-    case 2: for (; v + 2 <= v1; v += 2) block(xq, sx, qw, st, out, h_dim, v_rows, v, 2, 2); break;
-    case 3: for (; v + 2 <= v1; v += 2) block(xq, sx, qw, st, out, h_dim, v_rows, v, 2, 3); break;
-    default: for (; v + 2 <= v1; v += 2) block(xq, sx, qw, st, out, h_dim, v_rows, v, 2, 4);
-    }
+    for (; v + 2 <= v1; v += 2)
+        switch (m_rows) {  /* constant row counts: the accumulators stay in registers */
+        case 1: block(xq, sx, qw, scale, out, h_dim, v_rows, v, 2, 1); break;
+        case 2: block(xq, sx, qw, scale, out, h_dim, v_rows, v, 2, 2); break;
+        case 3: block(xq, sx, qw, scale, out, h_dim, v_rows, v, 2, 3); break;
+        default: block(xq, sx, qw, scale, out, h_dim, v_rows, v, 2, 4);
+        }
     for (; v < v1; v++)
         for (long j = 0; j < m_rows; j++)
-            block(xq + j * h_dim, sx + j, qw, st, out + j * v_rows, h_dim, v_rows, v, 1, 1);
+            block(xq + j * h_dim, sx + j, qw, scale, out + j * v_rows, h_dim, v_rows, v, 1, 1);
 }
 
 /* >= |score - exact logit|: rounding of the exact sum, the weight's quantization error
    (Hoelder or Cauchy-Schwarz, the smaller) and the activation's (Cauchy-Schwarz) */
 static inline double bound(const RowStats *s, const Activation *a) {
     double e1 = s->e_max * a->l1, e2 = s->e_l2 * a->l2;
-    return s->round_c * a->l1 + (e1 < e2 ? e1 : e2) + (double)s->scale * s->sq_l2 * a->dx_l2;
+    return s->round_c * a->l1 + (e1 < e2 ? e1 : e2) + s->sq_l2 * a->dx_l2;
 }
 
 /* For each activation row m < m_rows (<= MAX_ROWS): out[m] = argmax_v bf16_dot(x[m], w[v])
    (the first on ties), computed[m] = rows whose exact sum was needed; scores: [m_rows,
-   v_rows] scratch. Returns 0 (nothing written) if some row is not finite or too large. */
+   v_rows] scratch; worst: every field's largest value over the rows (a bound for all). The
+   floor is taken from each slice's best-scoring row (any row's A - B is a valid floor).
+   Returns 0 (nothing written) if some row is not finite or too large. */
 int screened_argmax(const float *x, long m_rows, long h_dim, const uint16_t *w, double w_top,
-                    const int8_t *q, const RowStats *st, long v_rows, double *scores,
+                    const int8_t *q, const float *scale, const RowStats *st,
+                    const RowStats *worst, long v_rows, double *scores,
                     int parts, int64_t *out, int64_t *computed) {
     double low[MAX_PARTS][MAX_ROWS];  /* per thread and activation row, shared */
     float best[MAX_PARTS][MAX_ROWS];
@@ -147,20 +152,19 @@ int screened_argmax(const float *x, long m_rows, long h_dim, const uint16_t *w, 
             return 0;
         sx[m] = act[m].sx;
     }
-    long step = ((v_rows + parts - 1) / parts + 3) / 4 * 4;  /* whole blocks per thread */
+    long step = ((v_rows + parts - 1) / parts + 1) / 2 * 2;  /* whole blocks per thread */
     #pragma omp parallel num_threads(parts)
     {
         int t = omp_get_thread_num();
         long v0 = t * step, v1 = v0 + step < v_rows ? v0 + step : v_rows;
         if (v0 < v1)
-            screen(xq, sx, m_rows, q, st, scores, h_dim, v_rows, v0, v1);
+            screen(xq, sx, m_rows, q, scale, scores, h_dim, v_rows, v0, v1);
         for (long m = 0; m < m_rows; m++) {
-            double *a = scores + m * v_rows, lo = -INFINITY;
-            for (long v = v0; v < v1; v++) {
-                double d = a[v] - bound(st + v, act + m);
-                lo = d > lo ? d : lo;
-            }
-            low[t][m] = lo;
+            const double *a = scores + m * v_rows;  /* the floor from the best score's row */
+            long top = v0;
+            for (long v = v0 + 1; v < v1; v++)
+                top = a[v] > a[top] ? v : top;
+            low[t][m] = v0 < v1 ? a[top] - bound(st + top, act + m) : -INFINITY;
         }
         #pragma omp barrier
         for (long m = 0; m < m_rows; m++) {
@@ -169,10 +173,11 @@ int screened_argmax(const float *x, long m_rows, long h_dim, const uint16_t *w, 
             double floor_ = -INFINITY;
             for (int j = 0; j < parts; j++)
                 floor_ = low[j][m] > floor_ ? low[j][m] : floor_;
+            double first = floor_ - bound(worst, act + m);  /* below: out whatever its bound */
             float top = -INFINITY;
             int64_t at = -1, n = 0;
             for (long v = v0; v < v1; v++) {
-                if (a[v] + bound(st + v, act + m) < floor_)
+                if (a[v] < first || a[v] + bound(st + v, act + m) < floor_)
                     continue;
                 float e = bf16_dot(xm, w + v * h_dim, h_dim);
                 n++;
@@ -201,8 +206,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.screened_argmax.restype = ctypes.c_int
     lib.screened_argmax.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                                      ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p,
-                                     ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
-                                     ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p])
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_long, ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_void_p, ctypes.c_void_p])
 
 
 @functools.cache
@@ -210,8 +216,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return cpu_c.load("greedy_screen", _C_SOURCE, _declare)
 
 
-def _round_up(t: torch.Tensor, rel: float = 1e-6) -> torch.Tensor:
-    """A float32 upper bound of non-negative t (computed in float32: widened by `rel`)."""
+def _round_up(t: torch.Tensor, rel: float = 1e-4) -> torch.Tensor:
+    """A float32 upper bound of non-negative t computed in float32 (sums of up to a few
+    thousand terms: relative error well under `rel`)."""
     return (t * (1 + rel)).nextafter(torch.tensor(math.inf))
 
 
@@ -222,34 +229,39 @@ class ArgmaxIndex:
     weight: torch.Tensor  # bf16 [V, H]
     w_top: float  # max |weight|
     q: torch.Tensor  # int8 [V, H]
-    stats: torch.Tensor  # float32 [V, 5]: scale, round_c, e_max, e_l2, |q|_2 (C's RowStats)
+    scale: torch.Tensor  # float32 [V]: weight ~ scale * q
+    stats: torch.Tensor  # float32 [V, 4] (C's RowStats): round_c, e_max, e_l2, sq_l2
+    worst: torch.Tensor  # float32 [4]: the columns' maxima
 
     @classmethod
     def build(cls, weight: torch.Tensor) -> ArgmaxIndex | None:
         """The index of a contiguous bf16 [V, H] CPU weight (H % 32 == 0); None where the C
-        kernel cannot run or the weight holds non-finite values."""
+        kernel cannot run or the weight holds non-finite values. Per row (all rounded up):
+        round_c = gamma_H * max|w| (float32 rounding of the exact sum per unit of |x|_1),
+        e_max and e_l2 of e = w - scale * q, sq_l2 = scale * |q|_2."""
         v, h = weight.shape
         if (_load()[0] is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu"
                 or not weight.is_contiguous() or h % 32 or v == 0):
             return None
         q = torch.empty(v, h, dtype=torch.int8)
-        stats = torch.empty(v, 5, dtype=torch.float32)
+        scales, stats = torch.empty(v, dtype=torch.float32), torch.empty(v, 4)
         gamma = h * _U / (1 - h * _U)  # recursive float32 summation of h products
         for s in range(0, v, BUILD_ROWS):
             w = weight[s:s + BUILD_ROWS].float()
             top = w.abs().amax(dim=1)
             if not bool(torch.isfinite(top).all()):
                 return None
-            scale = top / 127
+            scale = scales[s:s + BUILD_ROWS] = top / 127
             qs = torch.where(scale[:, None] > 0, w / scale[:, None], 0).round_().clamp_(-127, 127)
-            q[s:s + BUILD_ROWS] = qs.to(torch.int8)
+            q[s:s + BUILD_ROWS] = qs
+            sq_l2 = scale * qs.square().sum(dim=1).sqrt()
             err = w.sub_(qs.mul_(scale[:, None])).abs_()  # float32: off by <= 2u * top
             slack = 2 * _U * top
             stats[s:s + BUILD_ROWS] = torch.stack([
-                scale, _round_up(top * gamma), _round_up(err.amax(dim=1) + slack),
+                _round_up(top * gamma), _round_up(err.amax(dim=1) + slack),
                 _round_up(err.square().sum(dim=1).sqrt() + slack * h ** 0.5),
-                _round_up(q[s:s + BUILD_ROWS].float().square().sum(dim=1).sqrt())], dim=1)
-        return cls(weight, float(weight.abs().max()), q, stats.contiguous())
+                _round_up(sq_l2)], dim=1)
+        return cls(weight, float(weight.abs().max()), q, scales, stats, stats.amax(dim=0))
 
     def argmax(self, x: torch.Tensor) -> torch.Tensor | None:
         """`argmax(logits_cpu(x, weight), -1)` for float32 rows x [S, H], S <= MAX_ROWS; None
@@ -268,6 +280,6 @@ class ArgmaxIndex:
         parts = max(1, min(kernel_threads(), _MAX_PARTS, v // 256 or 1))
         ok = _load()[0].screened_argmax(
             x.data_ptr(), m, h, self.weight.data_ptr(), self.w_top, self.q.data_ptr(),
-            self.stats.data_ptr(), v, scores.data_ptr(), parts, out.data_ptr(),
-            computed.data_ptr())
+            self.scale.data_ptr(), self.stats.data_ptr(), self.worst.data_ptr(), v,
+            scores.data_ptr(), parts, out.data_ptr(), computed.data_ptr())
         return (out, computed) if ok else None
