@@ -263,6 +263,10 @@ class ArgmaxIndex:
                 _round_up(sq_l2)], dim=1)
         return cls(weight, float(weight.abs().max()), q, scales, stats, stats.amax(dim=0))
 
+    def nbytes(self) -> int:
+        """Memory held beside the weight."""
+        return sum(t.numel() * t.element_size() for t in (self.q, self.scale, self.stats))
+
     def argmax(self, x: torch.Tensor) -> torch.Tensor | None:
         """`argmax(logits_cpu(x, weight), -1)` for float32 rows x [S, H], S <= MAX_ROWS; None
         for non-finite rows or more rows than that (compute the logits then)."""

@@ -85,7 +85,8 @@ def cpu_kernels(why: str) -> KernelSet:
                      "CPU attention (batched decode, SDPA prefill), grouped MoE (experts "
                      "dequantized once to bf16 where memory allows), logits from the bf16 "
                      "unembedding and attention projections "
-                     f"({bf16_logits_status()}){why}", dense_experts=True, logits=logits_cpu,
+                     f"({bf16_logits_status()}), greedy steps through an exact int8 screen of "
+                     f"the unembedding{why}", dense_experts=True, logits=logits_cpu,
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
                      packed_decode_experts=True, rms_norm=rms_norm_cpu, rotary=rotary_cpu,
                      linear=linear_cpu, projection_dtype=torch.bfloat16,

@@ -8,6 +8,7 @@ knows nothing of checkpoint files, scheduling or sampling.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +24,8 @@ from gptoss_serve.model.rope import Rotary
 
 if TYPE_CHECKING:
     from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
+
+log = logging.getLogger(__name__)
 
 
 class RMSNorm(nn.Module):
@@ -255,7 +258,10 @@ class GptOssModel(nn.Module):
 
     def prepare_greedy(self) -> None:
         """After loading: build `greedy_tokens`' index now, not in the first request."""
-        self._argmax_index()
+        index = self._argmax_index()
+        if index is not None:
+            log.info("greedy screen: int8 copy of the unembedding, %.0f MiB",
+                     index.nbytes() / (1 << 20))
 
     def _argmax_index(self) -> ArgmaxIndex | None:
         """The kernel set's argmax index of the unembedding, built on first use and again

@@ -243,8 +243,8 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
         check_fits(model_bytes(config, dt), torch.cuda.mem_get_info(dev)[0], dev)
     model = GptOssModel(config, dt, dev, kernels)
     load_weights(model, ckpt)
+    model.prepare_greedy()  # first: the dense-experts budget then sees its memory taken
     model.prepare_experts()
-    model.prepare_greedy()
     log.info("loaded %s (%s layout) as %s on %s", folder, ckpt.layout, model.dtype, dev)
     return model.eval()
 
