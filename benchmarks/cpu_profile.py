@@ -152,12 +152,18 @@ def main() -> None:
     ap.add_argument("--out-len", type=int, default=16)
     ap.add_argument("--profile", type=int, default=0, metavar="BATCH")
     ap.add_argument("--breakdown", action="store_true", help="split the batch-1 decode step")
+    ap.add_argument("--no-greedy-screen", action="store_true",
+                    help="greedy steps compute every logit (the path before the screen)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     engine = build_engine(args.model, args.kernels, args.dtype, max(args.batch + [1]))
+    model = engine.runner.model
+    if args.no_greedy_screen:
+        model.kernels = dataclasses.replace(model.kernels, argmax_index=None)
     add_prompts(engine, 1, 16, 2, "warm")
     timed_steps(engine)
-    results: dict = {"kernels": args.kernels, "dtype": args.dtype, "threads": args.threads}
+    results: dict = {"kernels": args.kernels, "dtype": args.dtype, "threads": args.threads,
+                     "greedy_screen": model.greedy_tokens(model.unembedding.weight[:1]) is not None}
     if args.prefill:
         results["prefill"] = prefill_time(engine, args.prefill)
     results["decode"] = [decode_rate(engine, b, 128, args.out_len) for b in args.batch]
