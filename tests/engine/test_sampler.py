@@ -202,3 +202,36 @@ def test_greedy_is_argmax_on_ties_and_nan():
     logits[3] = 0.0  # all equal
     assert torch.equal(greedy(logits), logits.argmax(dim=-1))
     assert greedy(logits)[1] == 7 and greedy(logits)[3] == 0
+
+
+def test_argmax_only_exactly_when_sampling_is_the_plain_argmax():
+    """`argmax_only` lets a model skip the logits: true for plain temperature-0 rows, false as
+    soon as one row's result needs more than the argmax of the raw logits (each such setting
+    is shown to change the result here)."""
+    logits = random_logits(1, seed=3)
+    top = int(logits.argmax())
+    plain = SamplingRow(SamplingParams(temperature=0.0), noise_key(1, 0, 0))
+    assert Sampler.argmax_only([plain, plain]) and Sampler.argmax_only([])
+    other = (top + 1) % V
+    changed = {
+        "temperature": SamplingParams(temperature=1.0, seed=1),
+        "logprobs": SamplingParams(temperature=0.0, logprobs=0),
+        "logit_bias": SamplingParams(temperature=0.0, logit_bias=((other, 100.0),)),
+        "frequency": SamplingParams(temperature=0.0, frequency_penalty=2.0),
+        "presence": SamplingParams(temperature=0.0, presence_penalty=2.0),
+    }
+    for name, params in changed.items():
+        row = SamplingRow(params, noise_key(1, 0, 0), output_token_ids=[top] * 5)
+        assert not Sampler.argmax_only([plain, row]), name
+        got = Sampler().sample(logits, [row])[0]
+        if name == "temperature":
+            draws = {Sampler().sample(logits, [SamplingRow(params, noise_key(1, 0, t))])[0]
+                     .token_id for t in range(30)}
+            assert draws != {top}
+        elif name == "logprobs":
+            assert got.logprob is not None and got.token_id == top
+        else:
+            assert got.token_id != top, name
+    banned = SamplingRow(SamplingParams(temperature=0.0), noise_key(1, 0, 0), banned_ids=(top,))
+    assert not Sampler.argmax_only([banned])
+    assert Sampler().sample(logits, [banned])[0].token_id != top

@@ -89,3 +89,17 @@ def test_greedy_screen_steps_equal_the_logits_steps(checkpoint, prompts):
     calls.clear()
     plain = [o.token_ids for o in llm.generate(prompts, GREEDY)]
     assert screened == plain and not any(calls)
+
+
+def test_greedy_rows_that_need_logits_get_them(checkpoint, prompts):
+    """A temperature-0 request with logprobs or a logit_bias is not answered by the screen:
+    every token has its logprobs, and the bias is applied."""
+    llm = make_llm(checkpoint)
+    with_logprobs = SamplingParams(temperature=0.0, max_tokens=4, logprobs=2, ignore_eos=True)
+    (out,) = llm.generate(prompts[:1], with_logprobs)
+    seq = out.outputs[0]
+    assert len(seq.logprobs) == len(seq.token_ids) == 4
+    assert [lp.token_id for lp in seq.logprobs] == seq.token_ids
+    assert seq.token_ids == llm.generate(prompts[:1], GREEDY)[0].token_ids[:4]
+    biased = SamplingParams(temperature=0.0, max_tokens=3, logit_bias=((4242, 100.0),))
+    assert llm.generate(prompts[:1], biased)[0].token_ids == [4242] * 3

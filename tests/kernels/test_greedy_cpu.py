@@ -3,6 +3,10 @@ ties, rows the screen cannot separate, and the cases where it must decline."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -32,14 +36,21 @@ def test_argmax_matches_full_logits(v: int, h: int) -> None:
             assert torch.equal(index.argmax(x), _exact(x, w))
 
 
-def test_ties_go_to_the_first_row() -> None:
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_ties_go_to_the_first_row(threads: int) -> None:
+    """Copies of the best row before it in another slice, after it in its own and at the end."""
     w = _weight(3000, 128, seed=2)
     x = torch.randn(1, 128, generator=torch.Generator().manual_seed(3))
-    best = int(_exact(x, w))
-    for at in (best + 1, 2999, 5):  # copies of the best row after, at the end and before it
-        w[at] = w[best]
-    found, computed = ArgmaxIndex.build(w).screen(x)
-    assert int(found) == min(best, 5) == int(_exact(x, w))
+    w[2000] = w[int(_exact(x, w))]
+    for at in (2001, 2999, 100):
+        w[at] = w[2000]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        found, computed = ArgmaxIndex.build(w).screen(x)
+    finally:
+        torch.set_num_threads(saved)
+    assert int(found) == 100 == int(_exact(x, w))
     assert int(computed) >= 4  # the copies cannot be told apart without their exact sums
 
 
@@ -98,11 +109,11 @@ def _near_copies(best: torch.Tensor, n: int, step: torch.Tensor, gen: torch.Gene
     return rows
 
 
-def test_weight_rounding_alone_decides() -> None:
+def _weight_rounding_case() -> tuple[torch.Tensor, torch.Tensor]:
     """Activations the screen quantizes without error (integers, the largest 127) and two
     copies of the best row: one truly better by 0.41 * 100 quantization steps that quantizes
-    like the original, one better by 0.59 steps that quantizes one step up. The screen ranks
-    the second first; only the bound on the weights' rounding keeps the first in the race."""
+    like the original (row 20), one better by 0.59 steps that quantizes one step up (row 30).
+    The screen ranks row 30 first; only the bound on the weights' rounding keeps row 20 in."""
     gen = torch.Generator().manual_seed(10)
     x = torch.randint(-20, 21, (1, 64), generator=gen).float()
     x[0, :3] = torch.tensor([127.0, 100.0, 1.0])
@@ -113,10 +124,18 @@ def test_weight_rounding_alone_decides() -> None:
     w[10], w[20], w[30] = best, best, best
     w[20, 1] = 3.40625 * 2 ** -10  # -> q 3: screen +0, true +40.6 steps
     w[30, 2] = 3.59375 * 2 ** -10  # -> q 4: screen +1, true +0.59
-    w = w.bfloat16()
+    return w.bfloat16(), x
+
+
+@pytest.mark.parametrize("scale", [0, -70])
+def test_weight_rounding_alone_decides(scale: int) -> None:
+    """Also with the weights scaled by 2^-70 and x by 2^70 (the same float32 logits; the
+    rounding statistics would underflow if computed in float32)."""
+    w, x = _weight_rounding_case()
+    w, x = (w.float() * 2.0 ** scale).bfloat16(), x * 2.0 ** -scale
     index = ArgmaxIndex.build(w)
-    q, scale = index.q.float(), index.scale
-    assert int((scale[:, None] * q @ x[0]).argmax()) == 30  # what the screen alone would say
+    q, s = index.q.double(), index.scale.double()
+    assert int((s[:, None] * q @ x[0].double()).argmax()) == 30  # the screen alone
     assert int(_exact(x, w)) == 20 == int(index.argmax(x))
 
 
@@ -136,3 +155,30 @@ def test_activation_rounding_alone_decides() -> None:
     found, computed = ArgmaxIndex.build(w).screen(x)
     assert torch.equal(found, _exact(x, w))
     assert int(computed) > 1
+
+
+def test_values_below_float32_normal_range() -> None:
+    """Products and sums under 2^-126 round on an absolute grid: a tie of two smallest
+    subnormals, the first row wins."""
+    w = torch.zeros(3, 32)
+    w[:, 1] = 1.0
+    w[:, 0] = torch.tensor([1.0, 1.3984375, -1.0])
+    x = torch.zeros(1, 32)
+    x[0, 0] = 2.0 ** -149
+    w = w.bfloat16()
+    assert int(ArgmaxIndex.build(w).argmax(x)) == int(_exact(x, w)) == 0
+
+
+def test_a_smaller_thread_team_than_asked_for() -> None:
+    """OMP_THREAD_LIMIT / OMP_DYNAMIC can give fewer threads than slices: every slice still
+    runs (a fresh process: libgomp reads these at start)."""
+    code = ("import torch; from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex;"
+            "from gptoss_serve.kernels.logits_cpu import logits_cpu;"
+            "torch.set_num_threads(4); g = torch.Generator().manual_seed(0);"
+            "w = (torch.randn(4096, 64, generator=g) * 0.02).bfloat16();"
+            "i = ArgmaxIndex.build(w); xs = [torch.randn(2, 64, generator=g) for _ in range(20)];"
+            "print(all(torch.equal(i.argmax(x), logits_cpu(x, w).argmax(-1)) for x in xs))")
+    for env in ({"OMP_THREAD_LIMIT": "1"}, {"OMP_DYNAMIC": "true"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == "True", (env, out.stderr[-500:])

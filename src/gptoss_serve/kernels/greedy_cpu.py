@@ -42,11 +42,12 @@ _C_SOURCE = cpu_c.AVX_PRELUDE + r"""
 #include <omp.h>
 #else
 static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
 #endif
 #define MAX_PARTS 64
 #define MAX_ROWS 4
 typedef struct { float round_c, e_max, e_l2, sq_l2; } RowStats;  /* see ArgmaxIndex.stats */
-typedef struct { double sx, l1, l2, dx_l2; } Activation;
+typedef struct { double sx, l1, l2, dx_l2, tiny; } Activation;
 
 static inline int64_t isum(__m256i v) {
     int32_t l[8];
@@ -74,6 +75,7 @@ static int quantize(const float *x, long h_dim, double w_top, int8_t *xq, Activa
     }
     double grow = 1 + 1e-9;  /* the rounding of these double sums */
     a->l1 = l1 * grow; a->l2 = sqrt(l2) * grow; a->dx_l2 = sqrt(d2) * grow;
+    a->tiny = (h_dim / 8 + 4) * 0x1p-149;  /* float32 rounding under 2^-126: absolute, per op */
     return 1;
 }
 
@@ -125,11 +127,56 @@ static void screen(const int8_t *xq, const double *sx, long m_rows, const int8_t
             block(xq + j * h_dim, sx + j, qw, scale, out + j * v_rows, h_dim, v_rows, v, 1, 1);
 }
 
-/* >= |score - exact logit|: rounding of the exact sum, the weight's quantization error
-   (Hoelder or Cauchy-Schwarz, the smaller) and the activation's (Cauchy-Schwarz) */
+/* >= |score - exact logit|: rounding of the exact sum (relative, plus absolute where values
+   fall below float32's normal range), the weight's quantization error (Hoelder or
+   Cauchy-Schwarz, the smaller) and the activation's (Cauchy-Schwarz) */
 static inline double bound(const RowStats *s, const Activation *a) {
     double e1 = s->e_max * a->l1, e2 = s->e_l2 * a->l2;
-    return s->round_c * a->l1 + (e1 < e2 ? e1 : e2) + s->sq_l2 * a->dx_l2;
+    return s->round_c * a->l1 + a->tiny + (e1 < e2 ? e1 : e2) + s->sq_l2 * a->dx_l2;
+}
+
+/* phase 1 of one slice [v0, v1): scores, and per activation row the floor A - B of the
+   slice's best-scoring row (any row's A - B is at most the largest exact logit) */
+static void screen_slice(const int8_t *xq, const double *sx, long m_rows, const int8_t *q,
+                         const float *scale, const RowStats *st, const Activation *act,
+                         double *scores, long h_dim, long v_rows, long v0, long v1,
+                         double *low) {
+    if (v0 < v1)
+        screen(xq, sx, m_rows, q, scale, scores, h_dim, v_rows, v0, v1);
+    for (long m = 0; m < m_rows; m++) {
+        const double *a = scores + m * v_rows;
+        long top = v0;
+        for (long v = v0 + 1; v < v1; v++)
+            top = a[v] > a[top] ? v : top;
+        low[m] = v0 < v1 ? a[top] - bound(st + top, act + m) : -INFINITY;
+    }
+}
+
+/* phase 2 of one slice: the exact sums of the rows the floor (the largest over all slices)
+   does not rule out; the slice's largest (first on ties), where, and how many were summed */
+static void exact_slice(const float *x, long m_rows, long h_dim, const uint16_t *w,
+                        const RowStats *st, const RowStats *worst, const Activation *act,
+                        const double *scores, long v_rows, long v0, long v1,
+                        double low[][MAX_ROWS], int parts, float *best, int64_t *where,
+                        int64_t *count) {
+    for (long m = 0; m < m_rows; m++) {
+        const double *a = scores + m * v_rows;
+        const float *xm = x + m * h_dim;
+        double floor_ = -INFINITY;
+        for (int j = 0; j < parts; j++)
+            floor_ = low[j][m] > floor_ ? low[j][m] : floor_;
+        double first = floor_ - bound(worst, act + m);  /* below: out whatever its bound */
+        float top = -INFINITY;
+        int64_t at = -1, n = 0;
+        for (long v = v0; v < v1; v++) {
+            if (a[v] < first || a[v] + bound(st + v, act + m) < floor_)
+                continue;
+            float e = bf16_dot(xm, w + v * h_dim, h_dim);
+            n++;
+            if (at < 0 || e > top) { top = e; at = v; }
+        }
+        best[m] = top; where[m] = at; count[m] = n;
+    }
 }
 
 /* For each activation row m < m_rows (<= MAX_ROWS): out[m] = argmax_v bf16_dot(x[m], w[v])
@@ -152,39 +199,18 @@ int screened_argmax(const float *x, long m_rows, long h_dim, const uint16_t *w, 
             return 0;
         sx[m] = act[m].sx;
     }
-    long step = ((v_rows + parts - 1) / parts + 1) / 2 * 2;  /* whole blocks per thread */
+    long step = ((v_rows + parts - 1) / parts + 1) / 2 * 2;  /* whole blocks per slice */
     #pragma omp parallel num_threads(parts)
-    {
-        int t = omp_get_thread_num();
-        long v0 = t * step, v1 = v0 + step < v_rows ? v0 + step : v_rows;
-        if (v0 < v1)
-            screen(xq, sx, m_rows, q, scale, scores, h_dim, v_rows, v0, v1);
-        for (long m = 0; m < m_rows; m++) {
-            const double *a = scores + m * v_rows;  /* the floor from the best score's row */
-            long top = v0;
-            for (long v = v0 + 1; v < v1; v++)
-                top = a[v] > a[top] ? v : top;
-            low[t][m] = v0 < v1 ? a[top] - bound(st + top, act + m) : -INFINITY;
-        }
+    {  /* the team may be smaller than asked (OMP_DYNAMIC, thread limits): slices in turn */
+        int first_t = omp_get_thread_num(), team = omp_get_num_threads();
+        for (int t = first_t; t < parts; t += team)
+            screen_slice(xq, sx, m_rows, q, scale, st, act, scores, h_dim, v_rows, t * step,
+                         t * step + step < v_rows ? t * step + step : v_rows, low[t]);
         #pragma omp barrier
-        for (long m = 0; m < m_rows; m++) {
-            const double *a = scores + m * v_rows;
-            const float *xm = x + m * h_dim;
-            double floor_ = -INFINITY;
-            for (int j = 0; j < parts; j++)
-                floor_ = low[j][m] > floor_ ? low[j][m] : floor_;
-            double first = floor_ - bound(worst, act + m);  /* below: out whatever its bound */
-            float top = -INFINITY;
-            int64_t at = -1, n = 0;
-            for (long v = v0; v < v1; v++) {
-                if (a[v] < first || a[v] + bound(st + v, act + m) < floor_)
-                    continue;
-                float e = bf16_dot(xm, w + v * h_dim, h_dim);
-                n++;
-                if (at < 0 || e > top) { top = e; at = v; }
-            }
-            best[t][m] = top; where[t][m] = at; count[t][m] = n;
-        }
+        for (int t = first_t; t < parts; t += team)
+            exact_slice(x, m_rows, h_dim, w, st, worst, act, scores, v_rows, t * step,
+                        t * step + step < v_rows ? t * step + step : v_rows, low, parts,
+                        best[t], where[t], count[t]);
     }
     for (long m = 0; m < m_rows; m++) {
         float top = -INFINITY;
@@ -216,10 +242,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return cpu_c.load("greedy_screen", _C_SOURCE, _declare)
 
 
-def _round_up(t: torch.Tensor, rel: float = 1e-4) -> torch.Tensor:
-    """A float32 upper bound of non-negative t computed in float32 (sums of up to a few
-    thousand terms: relative error well under `rel`)."""
-    return (t * (1 + rel)).nextafter(torch.tensor(math.inf))
+def _round_up(t: torch.Tensor) -> torch.Tensor:
+    """float64 t (>= 0, computed with relative error far below 1e-9) -> a float32 upper bound:
+    widened by 1e-9, then rounded up (also below float32's normal range)."""
+    t = t * (1 + 1e-9)
+    f = t.float()
+    return torch.where(f.double() < t, f.nextafter(torch.tensor(math.inf)), f)
 
 
 @dataclass
@@ -238,30 +266,32 @@ class ArgmaxIndex:
         """The index of a contiguous bf16 [V, H] CPU weight (H % 32 == 0); None where the C
         kernel cannot run or the weight holds non-finite values. Per row (all rounded up):
         round_c = gamma_H * max|w| (float32 rounding of the exact sum per unit of |x|_1),
-        e_max and e_l2 of e = w - scale * q, sq_l2 = scale * |q|_2."""
+        e_max and e_l2 of e = w - scale * q, sq_l2 = scale * |q|_2; computed in float64 (e
+        exactly: no underflow where float32 would have it)."""
         v, h = weight.shape
         if (_load()[0] is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu"
                 or not weight.is_contiguous() or h % 32 or v == 0):
             return None
         q = torch.empty(v, h, dtype=torch.int8)
-        scales, stats = torch.empty(v, dtype=torch.float32), torch.empty(v, 4)
+        scales, stats = torch.empty(v, dtype=torch.float32), torch.empty(v, 4, dtype=torch.float32)
         gamma = h * _U / (1 - h * _U)  # recursive float32 summation of h products
+        w_top = 0.0
         for s in range(0, v, BUILD_ROWS):
-            w = weight[s:s + BUILD_ROWS].float()
+            w = weight[s:s + BUILD_ROWS].double()  # exact; err below exact too
             top = w.abs().amax(dim=1)
             if not bool(torch.isfinite(top).all()):
                 return None
-            scale = scales[s:s + BUILD_ROWS] = top / 127
-            qs = torch.where(scale[:, None] > 0, w / scale[:, None], 0).round_().clamp_(-127, 127)
+            w_top = max(w_top, float(top.max()))
+            scale = scales[s:s + BUILD_ROWS] = (top / 127).float()
+            sd = scale.double()[:, None]
+            qs = torch.where(sd > 0, w / sd, 0).round_().clamp_(-127, 127)
             q[s:s + BUILD_ROWS] = qs
-            sq_l2 = scale * qs.square().sum(dim=1).sqrt()
-            err = w.sub_(qs.mul_(scale[:, None])).abs_()  # float32: off by <= 2u * top
-            slack = 2 * _U * top
+            err = w.sub_(qs * sd).abs_()
             stats[s:s + BUILD_ROWS] = torch.stack([
-                _round_up(top * gamma), _round_up(err.amax(dim=1) + slack),
-                _round_up(err.square().sum(dim=1).sqrt() + slack * h ** 0.5),
-                _round_up(sq_l2)], dim=1)
-        return cls(weight, float(weight.abs().max()), q, scales, stats, stats.amax(dim=0))
+                _round_up(top * gamma), _round_up(err.amax(dim=1)),
+                _round_up(err.square().sum(dim=1).sqrt()),
+                _round_up(sd[:, 0] * qs.square().sum(dim=1).sqrt())], dim=1)
+        return cls(weight, w_top, q, scales, stats, stats.amax(dim=0))
 
     def nbytes(self) -> int:
         """Memory held beside the weight."""

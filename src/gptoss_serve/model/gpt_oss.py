@@ -257,7 +257,9 @@ class GptOssModel(nn.Module):
         return None if index is None else index.argmax(h)
 
     def prepare_greedy(self) -> None:
-        """After loading: build `greedy_tokens`' index now, not in the first request."""
+        """Build `greedy_tokens`' index now (after loading, not in the first request; again
+        after writes the tensor version does not see, such as through `.data`)."""
+        self._argmax_key = None
         index = self._argmax_index()
         if index is not None:
             log.info("greedy screen: int8 copy of the unembedding, %.0f MiB",
@@ -265,9 +267,10 @@ class GptOssModel(nn.Module):
 
     def _argmax_index(self) -> ArgmaxIndex | None:
         """The kernel set's argmax index of the unembedding, built on first use and again
-        whenever the unembedding was written since (its tensor version moved)."""
+        whenever the unembedding was written since (its tensor version moved). None for an
+        inference tensor (no version to tell a write by)."""
         build, w = self.kernels.argmax_index, self.unembedding.weight
-        if build is None:
+        if build is None or w.is_inference():
             return None
         key = (w.data_ptr(), w._version)
         if self._argmax_key != key:
