@@ -76,6 +76,7 @@ def test_large_and_tiny_rows_of_one_matrix() -> None:
     w[7] *= 1000
     w[9] *= 1e-6
     w[11] = 0
+    w[13] = torch.randn(64) * 2.0 ** -128  # subnormal float32 values, down to bf16's 2^-133
     index = ArgmaxIndex.build(w)
     gen = torch.Generator().manual_seed(7)
     for _ in range(20):

@@ -250,6 +250,18 @@ def _round_up(t: torch.Tensor) -> torch.Tensor:
     return torch.where(f.double() < t, f.nextafter(torch.tensor(math.inf)), f)
 
 
+def _bounds(raw: torch.Tensor, scale: torch.Tensor, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row bounds (C's RowStats, rounded up) and their column maxima from float32 row
+    statistics [V, 4]: max|w|, max|e|/s, |e|_2/s and |q|_2, where float32 left the units off
+    by at most 128u per value and the sums of squares off by a factor of at most (1 + h u)."""
+    gamma = h * _U / (1 - h * _U)  # recursive float32 summation of h products
+    sums, per_value = 1 + 2 * h * _U, 128 * _U * 1.01
+    stats = _round_up(torch.stack([
+        raw[:, 0] * gamma, scale * (raw[:, 1] + per_value),
+        scale * (raw[:, 2] * sums + per_value * h ** 0.5), scale * raw[:, 3] * sums], dim=1))
+    return stats, stats.amax(dim=0)
+
+
 @dataclass
 class ArgmaxIndex:
     """The screen of one bf16 unembedding [V, H] (the weight kept by reference, not copied)."""
@@ -266,32 +278,30 @@ class ArgmaxIndex:
         """The index of a contiguous bf16 [V, H] CPU weight (H % 32 == 0); None where the C
         kernel cannot run or the weight holds non-finite values. Per row (all rounded up):
         round_c = gamma_H * max|w| (float32 rounding of the exact sum per unit of |x|_1),
-        e_max and e_l2 of e = w - scale * q, sq_l2 = scale * |q|_2; computed in float64 (e
-        exactly: no underflow where float32 would have it)."""
+        e_max and e_l2 of e = w - scale * q, sq_l2 = scale * |q|_2. The error is measured in
+        units of the row's scale (w / s - q: no underflow whatever the row's magnitude)."""
         v, h = weight.shape
         if (_load()[0] is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu"
                 or not weight.is_contiguous() or h % 32 or v == 0):
             return None
         q = torch.empty(v, h, dtype=torch.int8)
-        scales, stats = torch.empty(v, dtype=torch.float32), torch.empty(v, 4, dtype=torch.float32)
-        gamma = h * _U / (1 - h * _U)  # recursive float32 summation of h products
+        scales, stats = torch.empty(v, dtype=torch.float32), torch.empty(v, 4, dtype=torch.float64)
         w_top = 0.0
         for s in range(0, v, BUILD_ROWS):
-            w = weight[s:s + BUILD_ROWS].double()  # exact; err below exact too
+            w = weight[s:s + BUILD_ROWS].float()
             top = w.abs().amax(dim=1)
             if not bool(torch.isfinite(top).all()):
                 return None
             w_top = max(w_top, float(top.max()))
-            scale = scales[s:s + BUILD_ROWS] = (top / 127).float()
-            sd = scale.double()[:, None]
-            qs = torch.where(sd > 0, w / sd, 0).round_().clamp_(-127, 127)
+            scale = scales[s:s + BUILD_ROWS] = top / 127  # > 0 for any bf16 top > 0 (>= 2^-133)
+            units = torch.where(scale[:, None] > 0, w / scale[:, None], 0)  # w/s, off by <= 128u
+            qs = units.round().clamp_(-127, 127)
             q[s:s + BUILD_ROWS] = qs
-            err = w.sub_(qs * sd).abs_()
-            stats[s:s + BUILD_ROWS] = torch.stack([
-                _round_up(top * gamma), _round_up(err.amax(dim=1)),
-                _round_up(err.square().sum(dim=1).sqrt()),
-                _round_up(sd[:, 0] * qs.square().sum(dim=1).sqrt())], dim=1)
-        return cls(weight, w_top, q, scales, stats, stats.amax(dim=0))
+            err = units.sub_(qs).abs_()  # |e| / s, off by <= 128u (no underflow: O(1) values)
+            stats[s:s + BUILD_ROWS] = torch.stack(
+                [top, err.amax(dim=1), err.square().sum(dim=1).sqrt(),
+                 qs.square_().sum(dim=1).sqrt()], dim=1).double()
+        return cls(weight, w_top, q, scales, *_bounds(stats, scales.double(), h))
 
     def nbytes(self) -> int:
         """Memory held beside the weight."""
