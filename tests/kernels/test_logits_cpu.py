@@ -3,7 +3,9 @@ against `logits_ref`; what the CPU kernel set does with the unembedding of a loa
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,14 +107,20 @@ def test_openmp_and_serial_builds_agree(threads, m):
 
 def test_kernel_threads_are_torchs_own():
     """The OpenMP build binds to the libgomp torch already loaded: one OpenMP runtime in the
-    process, so the kernel's threads are torch's intra-op pool, not a second one."""
+    process, so the kernel's threads are torch's intra-op pool, not a second one. Checked in a
+    fresh process (another library of the test session, e.g. scikit-learn's vendored libgomp,
+    may have brought its own runtime into this one)."""
     fn, how = lc._load()
     if fn is None or "OpenMP" not in how or "OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("no OpenMP kernel or torch is not built on OpenMP here")
-    lc.logits_cpu(*_inputs(600, 64, 1, 2))
-    with open("/proc/self/maps") as f:
-        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
-    assert len(runtimes) == 1, runtimes
+    code = ("import json, torch; from gptoss_serve.kernels import logits_cpu as lc;"
+            "lc.logits_cpu(torch.randn(1, 64), torch.randn(600, 64).bfloat16());"
+            "print(json.dumps(sorted({l.split()[-1] for l in open('/proc/self/maps')"
+            " if 'libgomp' in l or 'libiomp' in l})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    runtimes = json.loads(out.stdout.strip() or "null")
+    assert runtimes is not None and len(runtimes) == 1, (runtimes, out.stderr[-500:])
 
 
 @pytest.mark.parametrize("pairs,n,h", [(4, 1024, 64), (3, 66, 40), (1, 5, 8), (16, 130, 96)])
