@@ -4,8 +4,13 @@ Up to `max_tokens` sequences with one new token each (batch-1 serving) run every
 OpenMP parallel region: embedding rows, RMSNorm with the residual add, qkv projection (bf16
 weights), RoPE, K/V write into the paged caches, attention with sinks and window, out
 projection, RMSNorm, and the MoE layer on the packed MXFP4 experts, then the final norm of the
-sampled rows. Per layer five barriers and no Python: the layer loop through the kernel set
-costs ~50 ctypes calls and ~80 small torch operators per step.
+sampled rows. No Python between layers (the layer loop through the kernel set costs ~50
+ctypes calls and ~80 small torch operators per step) and no barrier: each layer is seven
+phases (norm; qkv rows; attention per token and KV head; out rows; norm and routing; expert
+rows of the first, then of the second projection) whose work items the threads claim from
+atomic counters once the phase before is finished. A thread that the OS has taken off its
+core then holds up no one unless it took an item; with barriers (a first version, five per
+layer) one busy neighbour process turned a 3 ms step into 127 ms.
 
 The C source is the existing kernels' own (`norm_cpu`, `logits_cpu`, `attention_cpu`,
 `mxfp4_cpu`, `rope_cpu` bodies, concatenated after `cpu_c.AVX_PRELUDE`) plus a driver that
@@ -32,35 +37,44 @@ from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.moe_cpu import FUSED_DECODE, PAIRS_MAX
 
 _STEP_C = r"""
+#include <sched.h>
+
 void rotary(const float *x, long ld, const float *cos, const float *sin, float *out,
             long t_dim, long h_dim, long d);  /* rope_cpu's, compiled without contraction */
 
 /* one row of the layer table: pointers (as int64), then the pool (0 full, 1 sliding), window */
 enum { F_NORM1, F_QKV_W, F_QKV_B, F_SINKS, F_OUT_W, F_OUT_B, F_NORM2, F_GATE_W, F_GATE_B,
        F_B1, F_S1, F_BIAS1, F_B2, F_S2, F_BIAS2, F_K, F_V, F_POOL, F_WINDOW, FIELDS };
+/* the phases of a layer: norm; qkv rows; attention (token, kv head); out rows; norm and
+   routing; expert first-projection rows; expert second-projection rows. Then the final norm. */
+enum { P_NORM1, P_QKV, P_ATTN, P_OUT, P_NORM2, P_UP, P_DOWN, PHASES };
+#define CHUNK 64  /* projection rows per work item (a multiple of 4) */
+#define SPINS 2000  /* pauses before a waiting thread yields its core */
+
+typedef struct {  /* one phase's work items: next to claim, finished; own cache line */
+    long claim, done;
+    char pad[48];
+} counter_t;
+
+typedef struct {  /* a thread's scratch for attention */
+    float *qr, *scores;
+    int64_t *blocks;
+} scratch_t;
 
 typedef struct {
-    long t_dim, h_dim, hq, hkv, d, bs, nqkv;
-    float scale;
-    const float *cos, *sin, *qkv;
+    const int64_t *layers, *slots[2], *rows;
     const int32_t *seq_lens, *tables[2];
-    const int64_t *slots[2];
-    long width[2];
-    float *attn;
+    const float *cos, *sin, *final_norm;
+    long l_dim, t_dim, h_dim, hq, hkv, d, bs, nqkv, e_dim, k, i_dim, s_dim, width[2];
+    float eps, scale, limit, alpha;
+    float *x, *res, *hn, *qkv, *attn, *o, *work, *out;  /* shared */
+    int64_t *moe_ids;
+    int failed;
 } step_t;
 
-/* rows [*n0, *n1) of n: thread tid's share of nt, a multiple of 4 */
-static void split4(long n, int tid, int nt, long *n0, long *n1) {
-    long step = ((n + nt - 1) / nt + 3) / 4 * 4;
-    *n0 = tid * step < n ? tid * step : n;
-    *n1 = *n0 + step < n ? *n0 + step : n;
-}
-
-/* y[t] = x[t] . w[n] + b[n] for this thread's rows n of every token: bf16_pairs' sums */
+/* y[t][n] = x[t] . w[n] + b[n] for rows n in [n0, n1) of every token: bf16_pairs' sums */
 static void project(const float *x, const uint16_t *w, const float *b, float *y, long t_dim,
-                    long n_rows, long h_dim, int tid, int nt) {
-    long n0, n1;
-    split4(n_rows, tid, nt, &n0, &n1);
+                    long n_rows, long h_dim, long n0, long n1) {
     for (long t = 0; t < t_dim; t++) {
         const float *xt = x + t * h_dim;
         float *o = y + t * n_rows;
@@ -76,8 +90,7 @@ static void project(const float *x, const uint16_t *w, const float *b, float *y,
 
 /* token t, kv head g: rotated key and value into the cache, then the group's query heads
    rotated and attended (attention_cpu's head); -1 where a needed block is absent */
-static int attend_group(const step_t *s, const int64_t *L, long t, long g, float *qr,
-                        int64_t *blocks, float *scores) {
+static int attend_group(const step_t *s, const int64_t *L, long t, long g, scratch_t *sc) {
     long pool = L[F_POOL], window = L[F_WINDOW], d = s->d, half = d / 2;
     long n = s->seq_lens[t], lo = window > 0 && n > window ? n - window : 0;
     const float *row = s->qkv + t * s->nqkv, *c = s->cos + t * half, *sn = s->sin + t * half;
@@ -94,63 +107,117 @@ static int attend_group(const step_t *s, const int64_t *L, long t, long g, float
     for (long b = lo / s->bs; b <= (n - 1) / s->bs; b++) {
         if (tab[b] < 0)
             return -1;
-        blocks[b] = tab[b];
+        sc->blocks[b] = tab[b];
     }
     long grp = s->hq / s->hkv;
     for (long h = g * grp; h < (g + 1) * grp; h++) {
-        rotary(row + h * d, s->nqkv, c, sn, qr, 1, 1, d);
-        head(qr, kc, vc, blocks, 0, lo, n, s->hkv, g, d, s->bs, ((const float *)L[F_SINKS])[h],
-             s->scale, s->attn + (t * s->hq + h) * d, scores);
+        rotary(row + h * d, s->nqkv, c, sn, sc->qr, 1, 1, d);
+        head(sc->qr, kc, vc, sc->blocks, 0, lo, n, s->hkv, g, d, s->bs,
+             ((const float *)L[F_SINKS])[h], s->scale, s->attn + (t * s->hq + h) * d,
+             sc->scores);
     }
     return 0;
 }
 
-static moe_layer moe_of(const int64_t *L, float *work, int64_t *ids, const long *dims,
-                        float limit, float alpha) {
+static moe_layer moe_of(const step_t *s, const int64_t *L) {
     moe_layer m = {(const float *)L[F_GATE_W], (const float *)L[F_GATE_B],
                    (const float *)L[F_BIAS1], (const float *)L[F_BIAS2],
                    (const uint8_t *)L[F_B1], (const uint8_t *)L[F_S1], (const uint8_t *)L[F_B2],
-                   (const uint8_t *)L[F_S2], work, ids, dims[0], dims[1], dims[2], dims[3],
-                   dims[4], limit, alpha};
+                   (const uint8_t *)L[F_S2], s->work, s->moe_ids, s->t_dim, s->e_dim, s->k,
+                   s->h_dim, s->i_dim, s->limit, s->alpha};
     return m;
 }
 
-#define BARRIER _Pragma("omp barrier")
+static long chunks(long rows) { return (rows + CHUNK - 1) / CHUNK; }
 
-/* Every layer for t_dim tokens, thread tid of nt; x [t_dim][h_dim] holds the embedding rows on
-   entry and the last MoE output on exit, res (this thread's copy of the residual) x + every
-   block output; hn, qr, blocks, scores: this thread's scratch */
-static void layers_part(const int64_t *layers, long l_dim, step_t *s, float *x, float *o,
-                        float *res, float *hn, float *qr, int64_t *blocks, float *scores,
-                        float *work, int64_t *ids, const long *moe_dims, const float *f,
-                        int *failed, int tid, int nt) {
-    long t_dim = s->t_dim, h_dim = s->h_dim;
-    for (long l = 0; l < l_dim; l++) {
-        const int64_t *L = layers + l * FIELDS;
-        if (l == 0) {
-            rms_norm(x, NULL, (const float *)L[F_NORM1], hn, NULL, t_dim, h_dim, f[0]);
-            memcpy(res, x, sizeof(float) * t_dim * h_dim);
-        } else
-            rms_norm(x, res, (const float *)L[F_NORM1], hn, res, t_dim, h_dim, f[0]);
-        project(hn, (const uint16_t *)L[F_QKV_W], (const float *)L[F_QKV_B], (float *)s->qkv,
-                t_dim, s->nqkv, h_dim, tid, nt);
-        BARRIER
-        for (long task = tid; task < t_dim * s->hkv; task += nt)
-            if (attend_group(s, L, task / s->hkv, task % s->hkv, qr, blocks, scores)) {
-                #pragma omp atomic write
-                *failed = 1;
-            }
-        BARRIER
-        project(s->attn, (const uint16_t *)L[F_OUT_W], (const float *)L[F_OUT_B], o, t_dim,
-                h_dim, s->hq * s->d, tid, nt);
-        BARRIER
-        rms_norm(o, res, (const float *)L[F_NORM2], hn, res, t_dim, h_dim, f[0]);
-        moe_layer m = moe_of(L, work, ids, moe_dims, f[2], f[3]);
-        moe_first(&m, hn, tid);
-        BARRIER
-        moe_second(&m, x, tid);
-        BARRIER
+/* work items of phase p of a layer (p == PHASES: the final norm) */
+static long phase_items(const step_t *s, int p) {
+    switch (p) {
+    case P_QKV: return chunks(s->nqkv);
+    case P_ATTN: return s->t_dim * s->hkv;
+    case P_OUT: case P_DOWN: return chunks(s->h_dim);
+    case P_UP: return chunks(2 * s->i_dim);
+    default: return 1;
     }
+}
+
+static void final_norm(step_t *s) {
+    for (long r = 0; r < s->s_dim; r++)
+        rms_norm(s->x + s->rows[r] * s->h_dim, s->res + s->rows[r] * s->h_dim, s->final_norm,
+                 s->out + r * s->h_dim, s->hn, 1, s->h_dim, s->eps);
+}
+
+/* item i of phase p of layer l (l == l_dim: the final norm) */
+static void run_item(step_t *s, long l, int p, long i, scratch_t *sc) {
+    long t_dim = s->t_dim, h_dim = s->h_dim, r0 = i * CHUNK, r1;
+    if (l == s->l_dim) {
+        final_norm(s);
+        return;
+    }
+    const int64_t *L = s->layers + l * FIELDS;
+    moe_layer m = moe_of(s, L);
+    int64_t *ids;
+    float *wts;
+    moe_scratch(&m, 0, &ids, &wts);
+    switch (p) {
+    case P_NORM1:
+        if (l == 0)
+            memcpy(s->res, s->x, sizeof(float) * t_dim * h_dim);
+        rms_norm(s->x, l ? s->res : NULL, (const float *)L[F_NORM1], s->hn, s->res, t_dim,
+                 h_dim, s->eps);
+        break;
+    case P_QKV:
+        r1 = r0 + CHUNK < s->nqkv ? r0 + CHUNK : s->nqkv;
+        project(s->hn, (const uint16_t *)L[F_QKV_W], (const float *)L[F_QKV_B], s->qkv, t_dim,
+                s->nqkv, h_dim, r0, r1);
+        break;
+    case P_ATTN:
+        if (attend_group(s, L, i / s->hkv, i % s->hkv, sc))
+            __atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);
+        break;
+    case P_OUT:
+        r1 = r0 + CHUNK < h_dim ? r0 + CHUNK : h_dim;
+        project(s->attn, (const uint16_t *)L[F_OUT_W], (const float *)L[F_OUT_B], s->o, t_dim,
+                h_dim, s->hq * s->d, r0, r1);
+        break;
+    case P_NORM2:
+        rms_norm(s->o, s->res, (const float *)L[F_NORM2], s->hn, s->res, t_dim, h_dim, s->eps);
+        moe_route(&m, s->hn, ids, wts, wts + t_dim * s->k);
+        break;
+    case P_UP:
+        moe_up(&m, s->hn, ids, r0, r0 + CHUNK < 2 * s->i_dim ? r0 + CHUNK : 2 * s->i_dim);
+        break;
+    default:  /* P_DOWN */
+        moe_down(&m, s->x, ids, wts, r0, r0 + CHUNK < h_dim ? r0 + CHUNK : h_dim);
+    }
+}
+
+static void wait_done(counter_t *c, long total) {
+    for (long spins = 0; __atomic_load_n(&c->done, __ATOMIC_ACQUIRE) < total; spins++) {
+        _mm_pause();
+        if (spins > SPINS)
+            sched_yield();
+    }
+}
+
+/* Every thread walks the phases in order and claims items of each once the previous phase
+   is finished; no barrier, so a thread that is not running holds up no one (unless it holds
+   an unfinished item), and one thread alone finishes the step. */
+static void run_phases(step_t *s, counter_t *count, scratch_t *sc) {
+    long q = 0, prev_total = 0;
+    for (long l = 0; l <= s->l_dim; l++)
+        for (int p = 0; p < (l < s->l_dim ? PHASES : 1); p++, q++) {
+            long total = l < s->l_dim ? phase_items(s, p) : 1, i;
+            if (__atomic_load_n(&count[q].claim, __ATOMIC_RELAXED) < total) {
+                if (q > 0)
+                    wait_done(&count[q - 1], prev_total);
+                while ((i = __atomic_fetch_add(&count[q].claim, 1, __ATOMIC_RELAXED)) < total) {
+                    run_item(s, l, p, i, sc);
+                    __atomic_fetch_add(&count[q].done, 1, __ATOMIC_RELEASE);
+                }
+            }
+            prev_total = total;
+        }
 }
 
 /* The step. dims: l_dim, t_dim, h_dim, hq, hkv, d, bs, e_dim, k, i_dim, vocab, s_dim,
@@ -162,52 +229,51 @@ int decode_step(const int64_t *layers, const long *dims, const float *f, const f
                 const int64_t *slots0, const int64_t *slots1, const int32_t *tables0,
                 const int32_t *tables1, const int64_t *rows, const float *final_norm,
                 float *out, int parts) {
-    long l_dim = dims[0], t_dim = dims[1], h_dim = dims[2], hq = dims[3], hkv = dims[4];
-    long d = dims[5], bs = dims[6], e_dim = dims[7], k = dims[8], i_dim = dims[9];
-    long max_w = dims[12] > dims[13] ? dims[12] : dims[13], pairs = t_dim * k;
-    long nqkv = (hq + 2 * hkv) * d;
+    long t_dim = dims[1], h_dim = dims[2], hq = dims[3], hkv = dims[4], d = dims[5];
+    long e_dim = dims[7], k = dims[8], i_dim = dims[9], pairs = t_dim * k;
+    long max_w = (dims[12] > dims[13] ? dims[12] : dims[13]) + 1, nqkv = (hq + 2 * hkv) * d;
     for (long t = 0; t < t_dim; t++) {
         if (ids[t] < 0 || ids[t] >= dims[10])
             return -2;
-        if (slots0[t] >= dims[14] * bs || slots1[t] >= dims[15] * bs)
+        if (slots0[t] >= dims[14] * dims[6] || slots1[t] >= dims[15] * dims[6])
             return -3;
     }
-    long shared = t_dim * (2 * h_dim + nqkv + hq * d) + pairs * (i_dim + h_dim)
-                  + parts * (pairs + t_dim * e_dim);
-    long own = 2 * t_dim * h_dim + d + dims[16] + 1;
+    long shared = t_dim * (4 * h_dim + nqkv + hq * d) + pairs * (i_dim + h_dim + 1)
+                  + t_dim * e_dim, own = d + dims[16] + 1, n_phases = dims[0] * PHASES + 1;
     float *mem = malloc(sizeof(float) * (shared + parts * own));
-    int64_t *imem = malloc(sizeof(int64_t) * parts * (pairs + max_w + 1));
-    if (mem == NULL || imem == NULL) {
+    int64_t *imem = malloc(sizeof(int64_t) * (pairs + parts * max_w));
+    counter_t *count = calloc(n_phases, sizeof(counter_t));
+    if (mem == NULL || imem == NULL || count == NULL) {
         free(mem);
         free(imem);
+        free(count);
         return -1;
     }
-    float *x = mem, *o = x + t_dim * h_dim, *qkv = o + t_dim * h_dim, *attn = qkv + t_dim * nqkv;
-    float *work = attn + t_dim * hq * d, *priv = mem + shared;
-    int64_t *moe_ids = imem, *blk = imem + parts * pairs;
+    step_t s = {layers, {slots0, slots1}, rows, seq_lens, {tables0, tables1}, cos, sin,
+                final_norm, dims[0], t_dim, h_dim, hq, hkv, d, dims[6], nqkv, e_dim, k, i_dim,
+                dims[11], {dims[12], dims[13]}, f[0], f[1], f[2], f[3]};
+    s.x = mem;
+    s.res = s.x + t_dim * h_dim;
+    s.hn = s.res + t_dim * h_dim;
+    s.o = s.hn + t_dim * h_dim;
+    s.qkv = s.o + t_dim * h_dim;
+    s.attn = s.qkv + t_dim * nqkv;
+    s.work = s.attn + t_dim * hq * d;
+    s.out = out;
+    s.moe_ids = imem;
     for (long t = 0; t < t_dim; t++)
-        memcpy(x + t * h_dim, emb + ids[t] * h_dim, sizeof(float) * h_dim);
-    step_t s = {t_dim, h_dim, hq, hkv, d, bs, nqkv, f[1], cos, sin, qkv, seq_lens,
-                {tables0, tables1}, {slots0, slots1}, {dims[12], dims[13]}, attn};
-    long moe_dims[5] = {t_dim, e_dim, k, h_dim, i_dim};
-    int failed = 0;
+        memcpy(s.x + t * h_dim, emb + ids[t] * h_dim, sizeof(float) * h_dim);
     #pragma omp parallel num_threads(parts)
     {
-        int tid = thread_id(), nt = 1;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-#endif
-        float *res = priv + tid * own, *hn = res + t_dim * h_dim, *qr = hn + t_dim * h_dim;
-        layers_part(layers, l_dim, &s, x, o, res, hn, qr, blk + tid * (max_w + 1), qr + d,
-                    work, moe_ids, moe_dims, f, &failed, tid, nt);
-        if (tid == 0)
-            for (long r = 0; r < dims[11]; r++)
-                rms_norm(x + rows[r] * h_dim, res + rows[r] * h_dim, final_norm,
-                         out + r * h_dim, hn, 1, h_dim, f[0]);
+        int tid = thread_id();
+        scratch_t sc = {mem + shared + tid * own, mem + shared + tid * own + d,
+                        imem + pairs + tid * max_w};
+        run_phases(&s, count, &sc);
     }
     free(mem);
     free(imem);
-    return failed ? -4 : 0;
+    free(count);
+    return s.failed ? -4 : 0;
 }
 """
 

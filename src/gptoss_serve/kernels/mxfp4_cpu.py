@@ -147,23 +147,19 @@ typedef struct {
     float limit, alpha;
 } moe_layer;
 
-/* Before the barrier, thread tid of nt: route every token itself (tiny; the same result in
-   each thread), then its share of the first projection's rows of every pair with the SwiGLU
-   fused (rows 2i, 2i+1 are gate and up of output i) */
-static void moe_first(const moe_layer *m, const float *x, int tid) {
-    long pairs = m->t_dim * m->k, n1 = 2 * m->i_dim, g1 = m->h_dim / 32, r0, r1;
-    float *act = m->work, *y = act + pairs * m->i_dim;
-    int64_t *ids = m->ids_all + tid * pairs;
-    float *wts = y + pairs * m->h_dim + tid * (pairs + m->t_dim * m->e_dim);
-    float *logits = wts + pairs;
+/* Routing of every token: ids, wts (pairs) and logits (t_dim * e_dim) */
+static void moe_route(const moe_layer *m, const float *x, int64_t *ids, float *wts,
+                      float *logits) {
     for (long t = 0; t < m->t_dim; t++)
         route1(x + t * m->h_dim, m->rw, m->rb, m->e_dim, m->h_dim, m->k, ids + t * m->k,
                wts + t * m->k, logits + t * m->e_dim);
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-#endif
-    share(n1, tid, nt, &r0, &r1);
+}
+
+/* First projection rows [r0, r1) (even bounds) of every pair with the SwiGLU fused (rows 2i,
+   2i+1 are gate and up of output i) into the shared act */
+static void moe_up(const moe_layer *m, const float *x, const int64_t *ids, long r0, long r1) {
+    long pairs = m->t_dim * m->k, n1 = 2 * m->i_dim, g1 = m->h_dim / 32;
+    float *act = m->work;
     for (long p = 0; p < pairs; p++)
         for (long n = r0, row = ids[p] * n1; n < r1; n += 2) {
             float r[2];
@@ -174,18 +170,12 @@ static void moe_first(const moe_layer *m, const float *x, int tid) {
         }
 }
 
-/* After the barrier: thread tid's share of the second projection's rows and of the weighted
+/* Second projection rows [r0, r1) (r0 even) of every pair, and those rows of the weighted
    sum into out [t_dim][h_dim] */
-static void moe_second(const moe_layer *m, float *out, int tid) {
-    long pairs = m->t_dim * m->k, h_dim = m->h_dim, g2 = m->i_dim / 32, r0, r1;
+static void moe_down(const moe_layer *m, float *out, const int64_t *ids, const float *wts,
+                     long r0, long r1) {
+    long pairs = m->t_dim * m->k, h_dim = m->h_dim, g2 = m->i_dim / 32;
     float *act = m->work, *y = act + pairs * m->i_dim;
-    const int64_t *ids = m->ids_all + tid * pairs;
-    const float *wts = y + pairs * h_dim + tid * (pairs + m->t_dim * m->e_dim);
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-#endif
-    share(h_dim, tid, nt, &r0, &r1);
     for (long p = 0; p < pairs; p++)
         for (long n = r0, row = ids[p] * h_dim; n < r1; n += 2) {
             float r[2];
@@ -202,6 +192,43 @@ static void moe_second(const moe_layer *m, float *out, int tid) {
                 sum += wts[t * m->k + j] * y[(t * m->k + j) * h_dim + h];
             out[t * h_dim + h] = sum;
         }
+}
+
+/* thread tid's routing copy: ids, wts, logits */
+static void moe_scratch(const moe_layer *m, int tid, int64_t **ids, float **wts) {
+    long pairs = m->t_dim * m->k;
+    *ids = m->ids_all + tid * pairs;
+    *wts = m->work + pairs * (m->i_dim + m->h_dim) + tid * (pairs + m->t_dim * m->e_dim);
+}
+
+static inline int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Before the barrier, thread tid: route every token itself (tiny; the same result in each
+   thread), then its share of the first projection */
+static void moe_first(const moe_layer *m, const float *x, int tid) {
+    int64_t *ids;
+    float *wts;
+    long r0, r1;
+    moe_scratch(m, tid, &ids, &wts);
+    moe_route(m, x, ids, wts, wts + m->t_dim * m->k);
+    share(2 * m->i_dim, tid, thread_count(), &r0, &r1);
+    moe_up(m, x, ids, r0, r1);
+}
+
+/* After the barrier: thread tid's share of the second projection and the weighted sum */
+static void moe_second(const moe_layer *m, float *out, int tid) {
+    int64_t *ids;
+    float *wts;
+    long r0, r1;
+    moe_scratch(m, tid, &ids, &wts);
+    share(m->h_dim, tid, thread_count(), &r0, &r1);
+    moe_down(m, out, ids, wts, r0, r1);
 }
 
 static inline int thread_id(void) {
