@@ -300,7 +300,8 @@ class GptOssModel(nn.Module):
     def _one_call_step(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor | None:
         """`hidden` through the kernel set's `decode_step` where it serves the batch, else None.
         The step (a table of this model's and `kv_cache`'s tensors) is built on first use and
-        again when the kernel set, the cache or a tensor's storage changed."""
+        again when the kernel set, the cache or a tensor's storage changed. Loading copies into
+        the tensors in place; code that replaces a parameter object must reset `_step`."""
         build = self.kernels.decode_step
         if build is None:
             return None
