@@ -6,7 +6,9 @@ set and dtype, then runs the engine step by step and reports: the prefill of one
 `--profile` it also prints the torch profiler's top operators of a few decode steps; with
 `--breakdown` it splits the batch-1 decode step into the model up to the final norm, the output
 head (the greedy screen or the logits kernel), sampler
-and engine host work (scheduler, ForwardBatch, update), each timed around the real calls.
+and engine host work (scheduler, ForwardBatch, update), each timed around the real calls
+(attention and MoE read 0 where the one-call decode step ran them; `--layer-path` turns it
+off).
 
     .venv/bin/python benchmarks/cpu_profile.py DIR --kernels auto --dtype float32
 
@@ -154,12 +156,16 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="split the batch-1 decode step")
     ap.add_argument("--no-greedy-screen", action="store_true",
                     help="greedy steps compute every logit (the path before the screen)")
+    ap.add_argument("--layer-path", action="store_true",
+                    help="no one-call decode step (KernelSet.decode_step): layer by layer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     engine = build_engine(args.model, args.kernels, args.dtype, max(args.batch + [1]))
     model = engine.runner.model
     if args.no_greedy_screen:
         model.kernels = dataclasses.replace(model.kernels, argmax_index=None)
+    if args.layer_path:
+        model.kernels = dataclasses.replace(model.kernels, decode_step=None)
     add_prompts(engine, 1, 16, 2, "warm")
     timed_steps(engine)
     results: dict = {"kernels": args.kernels, "dtype": args.dtype, "threads": args.threads,

@@ -4,7 +4,7 @@ Same signature and maths as `kernels/attention.py: paged_attention_ref` (its ora
 - decode steps (every sequence has one new query) gather the needed key blocks of all sequences
   into one padded tensor and attend with two einsums; padding and window are one mask; which
   blocks and which keys (the plan) is worked out once per step and KV pool, not per layer;
-  with float32 tensors one C call (`_C_SOURCE`, built by `cpu_c`) does the same maths per
+  with float32 tensors one C call (`C_BODY`, built by `cpu_c`) does the same maths per
   query head (dot products, softmax with the sink term, weighted values), float32 throughout;
 - sequences with several new queries (prefill, chunked prefill) use torch's
   `scaled_dot_product_attention`; the sink is an extra key whose key and value are zero and
@@ -29,7 +29,8 @@ from gptoss_serve.kernels.cpu_threads import kernel_threads
 
 C_THREADS_MIN_WORK = 1 << 16  # query heads x keys below which the C decode runs on one thread
 C_WRITE_ROWS = 8  # new K/V rows up to which one C call writes them (decode steps)
-_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
+# follows cpu_c.AVX_PRELUDE; decode_cpu builds it into its one-call decode step too
+C_BODY = r"""
 #include <stdlib.h>
 
 static float dot(const float *a, const float *b, long d) {
@@ -108,6 +109,7 @@ int decode_attention(const float *q, const float *k_cache, const float *v_cache,
     return failed ? -1 : 0;
 }
 """
+_C_SOURCE = cpu_c.AVX_PRELUDE + C_BODY
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -37,7 +37,8 @@ BF16_KERNEL_ROWS = 64  # linear_cpu: activation rows up to which a bf16 weight t
 MIN_ROWS_PER_THREAD = 256  # fewer rows per thread cost more in wake-ups than they save
 _FIRST = torch.zeros(1, dtype=torch.int64)  # the expert id of a plain matrix in `bf16_pairs`
 
-_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
+# follows cpu_c.AVX_PRELUDE; decode_cpu builds it into its one-call decode step too
+C_BODY = r"""
 #define PREFETCH_BYTES 4096  /* how far ahead of the single-row read (measured: 1-8 KiB alike) */
 
 #define ROW(k) w = _mm256_loadu_ps(f##k + h); a##k = _mm256_fmadd_ps(w, p, a##k); \
@@ -197,6 +198,7 @@ void row_argmax(const float *x, long rows, long n, int64_t *out) {
     }
 }
 """
+_C_SOURCE = cpu_c.AVX_PRELUDE + C_BODY
 
 
 def _declare(lib: ctypes.CDLL) -> None:

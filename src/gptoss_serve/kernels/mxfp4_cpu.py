@@ -28,7 +28,8 @@ from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.moe import ExpertWeights
 
-_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
+# follows cpu_c.AVX_PRELUDE; decode_cpu builds it into its one-call decode step too
+C_BODY = r"""
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -134,62 +135,129 @@ static void share(long n_rows, int tid, int nt, long *n0, long *n1) {
     *n1 = *n0 + step < n_rows ? *n0 + step : n_rows;
 }
 
+/* The weights and shapes of one MoE layer, and the step's shared scratch: work holds
+   pairs * (i_dim + h_dim) floats shared, then per thread pairs + t_dim * e_dim floats; ids_all
+   pairs ids per thread. */
+typedef struct {
+    const float *rw, *rb, *bias1, *bias2;
+    const uint8_t *b1, *s1, *b2, *s2;
+    float *work;
+    int64_t *ids_all;
+    long t_dim, e_dim, k, h_dim, i_dim;
+    float limit, alpha;
+} moe_layer;
+
+/* Routing of every token: ids, wts (pairs) and logits (t_dim * e_dim) */
+static void moe_route(const moe_layer *m, const float *x, int64_t *ids, float *wts,
+                      float *logits) {
+    for (long t = 0; t < m->t_dim; t++)
+        route1(x + t * m->h_dim, m->rw, m->rb, m->e_dim, m->h_dim, m->k, ids + t * m->k,
+               wts + t * m->k, logits + t * m->e_dim);
+}
+
+/* First projection rows [r0, r1) (even bounds) of every pair with the SwiGLU fused (rows 2i,
+   2i+1 are gate and up of output i) into the shared act */
+static void moe_up(const moe_layer *m, const float *x, const int64_t *ids, long r0, long r1) {
+    long pairs = m->t_dim * m->k, n1 = 2 * m->i_dim, g1 = m->h_dim / 32;
+    float *act = m->work;
+    for (long p = 0; p < pairs; p++)
+        for (long n = r0, row = ids[p] * n1; n < r1; n += 2) {
+            float r[2];
+            fp4_two(x + (p / m->k) * m->h_dim, m->b1 + (row + n) * g1 * 16,
+                    m->s1 + (row + n) * g1, g1, 1, r);
+            act[p * m->i_dim + n / 2] = glu(r[0] + m->bias1[row + n],
+                                            r[1] + m->bias1[row + n + 1], m->limit, m->alpha);
+        }
+}
+
+/* Second projection rows [r0, r1) (r0 even) of every pair, and those rows of the weighted
+   sum into out [t_dim][h_dim] */
+static void moe_down(const moe_layer *m, float *out, const int64_t *ids, const float *wts,
+                     long r0, long r1) {
+    long pairs = m->t_dim * m->k, h_dim = m->h_dim, g2 = m->i_dim / 32;
+    float *act = m->work, *y = act + pairs * m->i_dim;
+    for (long p = 0; p < pairs; p++)
+        for (long n = r0, row = ids[p] * h_dim; n < r1; n += 2) {
+            float r[2];
+            fp4_two(act + p * m->i_dim, m->b2 + (row + n) * g2 * 16, m->s2 + (row + n) * g2,
+                    g2, n + 1 < r1, r);
+            y[p * h_dim + n] = r[0] + m->bias2[row + n];
+            if (n + 1 < r1)
+                y[p * h_dim + n + 1] = r[1] + m->bias2[row + n + 1];
+        }
+    for (long t = 0; t < m->t_dim; t++)
+        for (long h = r0; h < r1; h++) {
+            float sum = 0.0f;
+            for (long j = 0; j < m->k; j++)
+                sum += wts[t * m->k + j] * y[(t * m->k + j) * h_dim + h];
+            out[t * h_dim + h] = sum;
+        }
+}
+
+/* thread tid's routing copy: ids, wts, logits */
+static void moe_scratch(const moe_layer *m, int tid, int64_t **ids, float **wts) {
+    long pairs = m->t_dim * m->k;
+    *ids = m->ids_all + tid * pairs;
+    *wts = m->work + pairs * (m->i_dim + m->h_dim) + tid * (pairs + m->t_dim * m->e_dim);
+}
+
+static inline int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Before the barrier, thread tid: route every token itself (tiny; the same result in each
+   thread), then its share of the first projection */
+static void moe_first(const moe_layer *m, const float *x, int tid) {
+    int64_t *ids;
+    float *wts;
+    long r0, r1;
+    moe_scratch(m, tid, &ids, &wts);
+    moe_route(m, x, ids, wts, wts + m->t_dim * m->k);
+    share(2 * m->i_dim, tid, thread_count(), &r0, &r1);
+    moe_up(m, x, ids, r0, r1);
+}
+
+/* After the barrier: thread tid's share of the second projection and the weighted sum */
+static void moe_second(const moe_layer *m, float *out, int tid) {
+    int64_t *ids;
+    float *wts;
+    long r0, r1;
+    moe_scratch(m, tid, &ids, &wts);
+    share(m->h_dim, tid, thread_count(), &r0, &r1);
+    moe_down(m, out, ids, wts, r0, r1);
+}
+
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* One MoE layer for t_dim tokens (t_dim * k pairs, token-major) in one parallel region with
-   one barrier: every thread routes all tokens itself (tiny; the same result in each), then
-   takes its share of the first projection's rows of every pair with the SwiGLU fused (rows 2i,
-   2i+1 are gate and up of output i); after the barrier its share of the second projection's
-   rows and of the weighted sum into out [t_dim][h_dim]. work: pairs * (i_dim + h_dim) floats
-   shared, then per thread pairs + t_dim * e_dim floats; ids: pairs per thread. */
+   one barrier (moe_first, moe_second); work and ids_all as in moe_layer. */
 void moe_decode(const float *x, const float *rw, const float *rb, const uint8_t *b1,
                 const uint8_t *s1, const float *bias1, const uint8_t *b2, const uint8_t *s2,
                 const float *bias2, float *out, float *work, int64_t *ids_all, long t_dim,
                 long e_dim, long k, long h_dim, long i_dim, float limit, float alpha,
                 int parts) {
-    long pairs = t_dim * k, n1 = 2 * i_dim, g1 = h_dim / 32, g2 = i_dim / 32;
-    float *act = work, *y = act + pairs * i_dim;
+    moe_layer m = {rw, rb, bias1, bias2, b1, s1, b2, s2, work, ids_all, t_dim, e_dim, k,
+                   h_dim, i_dim, limit, alpha};
     #pragma omp parallel num_threads(parts)
     {
-        int tid = 0, nt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        int64_t *ids = ids_all + tid * pairs;
-        float *wts = y + pairs * h_dim + tid * (pairs + t_dim * e_dim), *logits = wts + pairs;
-        for (long t = 0; t < t_dim; t++)
-            route1(x + t * h_dim, rw, rb, e_dim, h_dim, k, ids + t * k, wts + t * k,
-                   logits + t * e_dim);
-        long r0, r1;
-        share(n1, tid, nt, &r0, &r1);
-        for (long p = 0; p < pairs; p++)
-            for (long n = r0, row = ids[p] * n1; n < r1; n += 2) {
-                float r[2];
-                fp4_two(x + (p / k) * h_dim, b1 + (row + n) * g1 * 16, s1 + (row + n) * g1,
-                        g1, 1, r);
-                act[p * i_dim + n / 2] = glu(r[0] + bias1[row + n], r[1] + bias1[row + n + 1],
-                                             limit, alpha);
-            }
+        int tid = thread_id();
+        moe_first(&m, x, tid);
         #pragma omp barrier
-        share(h_dim, tid, nt, &r0, &r1);
-        for (long p = 0; p < pairs; p++)
-            for (long n = r0, row = ids[p] * h_dim; n < r1; n += 2) {
-                float r[2];
-                fp4_two(act + p * i_dim, b2 + (row + n) * g2 * 16, s2 + (row + n) * g2, g2,
-                        n + 1 < r1, r);
-                y[p * h_dim + n] = r[0] + bias2[row + n];
-                if (n + 1 < r1)
-                    y[p * h_dim + n + 1] = r[1] + bias2[row + n + 1];
-            }
-        for (long t = 0; t < t_dim; t++)
-            for (long h = r0; h < r1; h++) {
-                float sum = 0.0f;
-                for (long j = 0; j < k; j++)
-                    sum += wts[t * k + j] * y[(t * k + j) * h_dim + h];
-                out[t * h_dim + h] = sum;
-            }
+        moe_second(&m, out, tid);
     }
 }
 """
+_C_SOURCE = cpu_c.AVX_PRELUDE + C_BODY
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -21,7 +21,8 @@ from gptoss_serve.kernels.norm import rms_norm_ref
 
 C_ROWS = 8  # rows up to which the C function runs (decode steps); more: the torch reference
 
-_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
+# follows cpu_c.AVX_PRELUDE; decode_cpu builds it into its one-call decode step too
+C_BODY = r"""
 /* per row: h = x + res (res may be NULL: h = x, h_out unused), y = h * rsqrt(mean(h^2) + eps)
    * w; dim % 8 == 0 */
 void rms_norm(const float *x, const float *res, const float *w, float *y, float *h_out,
@@ -44,6 +45,7 @@ void rms_norm(const float *x, const float *res, const float *w, float *y, float 
     }
 }
 """
+_C_SOURCE = cpu_c.AVX_PRELUDE + C_BODY
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -21,7 +21,7 @@ from gptoss_serve.model.rope import apply_rotary
 
 C_ROWS = 8  # token rows up to which the C function runs (decode steps); more: the reference
 
-_C_SOURCE = r"""
+C_SOURCE = r"""
 #pragma GCC optimize("fp-contract=off")  /* a*c - b*s rounded as torch does: no FMA */
 
 /* x: t_dim rows ld floats apart, each h_dim heads of d floats (contiguous); cos, sin:
@@ -52,7 +52,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
     """(the C library, how) or (None, why not); see `cpu_c.load`."""
-    return cpu_c.load("rotary_cpu", _C_SOURCE, _declare)
+    return cpu_c.load("rotary_cpu", C_SOURCE, _declare)
 
 
 def rotary_cpu(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

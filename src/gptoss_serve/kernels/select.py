@@ -48,6 +48,8 @@ class KernelSet:
     # model's): the CPU set keeps the checkpoint's bf16, read by `linear`
     argmax_index: Callable | None = None  # unembedding -> an index whose .argmax(h) is
     # logits(h, unembedding).argmax(-1) exactly, or None; greedy steps then skip the logits
+    decode_step: Callable | None = None  # (StepWeights, KVCache) -> a whole decode step of a
+    # few one-token sequences in one call (`decode_cpu.DecodeStep`), or None: layer by layer
 
 
 def reference_kernels(reason: str = "") -> KernelSet:
@@ -73,8 +75,10 @@ def cpu_kernels(why: str) -> KernelSet:
     (exact for MXFP4; decode steps read the packed MXFP4 copy kept beside it, one C call per
     layer), logits and attention projections from bf16 weights (the checkpoint's), RMSNorm and
     RoPE of decode rows in C; all accumulate in float32. Greedy steps find the argmax through
-    an int8 screen of the unembedding (`greedy_cpu`), exactly."""
+    an int8 screen of the unembedding (`greedy_cpu`), exactly. Decode steps of up to 4
+    sequences run every layer in one C call (`decode_cpu`, the same kernels' code)."""
     from gptoss_serve.kernels.attention_cpu import paged_attention_cpu
+    from gptoss_serve.kernels.decode_cpu import DecodeStep
     from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
     from gptoss_serve.kernels.logits_cpu import bf16_logits_status, linear_cpu, logits_cpu
     from gptoss_serve.kernels.moe_cpu import moe_cpu
@@ -90,7 +94,7 @@ def cpu_kernels(why: str) -> KernelSet:
                      unembedding_dtype=torch.bfloat16, expert_dtype=torch.bfloat16,
                      packed_decode_experts=True, rms_norm=rms_norm_cpu, rotary=rotary_cpu,
                      linear=linear_cpu, projection_dtype=torch.bfloat16,
-                     argmax_index=ArgmaxIndex.build)
+                     argmax_index=ArgmaxIndex.build, decode_step=DecodeStep)
 
 
 def _check_cuda(device: torch.device, dtype: torch.dtype) -> str:

@@ -9,6 +9,7 @@ knows nothing of checkpoint files, scheduling or sampling.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from gptoss_serve.config import ModelConfig
 from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
+from gptoss_serve.kernels.decode_cpu import LayerWeights, StepWeights
 from gptoss_serve.kernels.moe import ExpertWeights
 from gptoss_serve.kernels.moe_cpu import dequantize_lut, keep_dense_experts
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
@@ -23,6 +25,7 @@ from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
 from gptoss_serve.model.rope import Rotary
 
 if TYPE_CHECKING:
+    from gptoss_serve.kernels.decode_cpu import DecodeStep
     from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
 
 log = logging.getLogger(__name__)
@@ -185,6 +188,7 @@ class GptOssModel(nn.Module):
         self.rotary = Rotary(config, device)
         self._rope_tables: tuple[torch.Tensor, ...] | None = None
         self._argmax, self._argmax_key = None, None  # see greedy_tokens
+        self._step: tuple[Callable, DecodeStep] | None = None  # see _one_call_step
         self.requires_grad_(False)
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -217,6 +221,7 @@ class GptOssModel(nn.Module):
         if keep_dense_experts(sum(m.dense_bytes(dtype) for m in mlps)):
             for m in mlps:
                 m.densify(dtype, ks.packed_decode_experts)
+        self._step = None  # its table may name experts that are gone now
 
     @property
     def device(self) -> torch.device:
@@ -283,8 +288,13 @@ class GptOssModel(nn.Module):
         `batch.logits_indices`.
 
         The residual stream `res` is added to each block's output inside the next norm call
-        (`kernels.rms_norm(..., residual=res)`), so no separate add runs between blocks.
+        (`kernels.rms_norm(..., residual=res)`), so no separate add runs between blocks. Where
+        the kernel set has a one-call decode step that serves the batch, it runs instead (the
+        same values: `_one_call_step`).
         """
+        one_call = self._one_call_step(batch, kv_cache)
+        if one_call is not None:
+            return one_call
         x = self.embedding(batch.input_ids)
         rope = self.rope_inputs(batch, x.dtype)
         res = None
@@ -295,3 +305,32 @@ class GptOssModel(nn.Module):
             x = blk.mlp.mix(h, self.kernels)
         rows = batch.logits_indices
         return self._norm(self.norm, x[rows], res[rows])[0]
+
+    def _one_call_step(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor | None:
+        """`hidden` through the kernel set's `decode_step` where it serves the batch, else None.
+        The step (a table of this model's and `kv_cache`'s tensors) is built on first use and
+        again when the kernel set, the cache or a tensor's storage changed. Loading copies into
+        the tensors in place; code that replaces a parameter object must reset `_step`."""
+        build = self.kernels.decode_step
+        if build is None:
+            return None
+        if self._step is None or self._step[0] is not build or not self._step[1].current(
+                kv_cache):
+            self._step = (build, build(self._step_weights(), kv_cache))
+        step = self._step[1]
+        if not step.accepts(batch):
+            return None
+        return step.run(batch, kv_cache, *self.rotary.cos_sin(batch.positions, torch.float32))
+
+    def _step_weights(self) -> StepWeights:
+        """The tensors and constants a one-call decode step reads."""
+        layers = tuple(
+            LayerWeights(a.norm.scale, a.qkv.weight, a.qkv.bias, a.sinks, a.out.weight,
+                         a.out.bias, m.norm.scale, m.gate.weight, m.gate.bias,
+                         m.mlp1_weight.blocks, m.mlp1_weight.scales, m.mlp1_bias,
+                         m.mlp2_weight.blocks, m.mlp2_weight.scales, m.mlp2_bias, a.sliding,
+                         a.window)
+            for a, m in ((blk.attn, blk.mlp) for blk in self.block))
+        a, m = self.block[0].attn, self.block[0].mlp
+        return StepWeights(self.embedding.weight, self.norm.scale, layers, self.norm.eps,
+                           a.sm_scale, a.n_q, a.n_kv, a.head_dim, m.top_k, m.limit, m.alpha)
