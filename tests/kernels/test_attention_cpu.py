@@ -1,6 +1,7 @@
-"""CPU attention (batched decode, SDPA prefill with the sink as an extra key) against the
-plain-torch reference: random caches, odd sizes, mixed decode/prefill batches, windows, sinks,
-blocks outside the window marked -1, and a missing needed block."""
+"""CPU attention (batched decode, flash-attention prefill with the sink applied from its
+logsumexp) against the plain-torch reference: random caches, odd sizes, mixed decode/prefill
+batches, windows, sinks, blocks outside the window marked -1, a missing needed block, and a long
+chunk over cached context (several of the flash kernel's blocks)."""
 
 from __future__ import annotations
 
@@ -137,3 +138,22 @@ def test_c_kv_write_equals_write_kv():
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
     with pytest.raises(IndexError):
         ac._write_kv(k, v, caches[0], caches[1], torch.tensor([5, 16, 1]))
+
+
+@pytest.mark.parametrize("window", [0, 128])
+def test_long_prefill_chunk_matches_reference(window):
+    """300 new queries after 50 cached tokens, head size 64, the real model's GQA ratio."""
+    g = torch.Generator().manual_seed(window)
+    hq, hkv, d, bs, cached, new = 8, 2, 64, 16, 50, 300
+    n = cached + new
+    blocks = -(-n // bs)
+    kc, vc = (torch.randn(blocks, bs, hkv, d, generator=g) for _ in range(2))
+    q, k, v = (torch.randn(new, h, d, generator=g) for h in (hq, hkv, hkv))
+    slots = torch.arange(cached, n)
+    table = torch.arange(blocks, dtype=torch.int32)[None]
+    qsl, lens = torch.tensor([0, new], dtype=torch.int32), torch.tensor([n], dtype=torch.int32)
+    sinks = torch.randn(hq, generator=g) * 2
+    args = (slots, table, qsl, lens, sinks, d ** -0.5, window)
+    want = paged_attention_ref(q, k, v, kc.clone(), vc.clone(), *args)
+    got = paged_attention_cpu(q, k, v, kc, vc, *args)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)

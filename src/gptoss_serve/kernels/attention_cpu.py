@@ -6,9 +6,9 @@ Same signature and maths as `kernels/attention.py: paged_attention_ref` (its ora
   blocks and which keys (the plan) is worked out once per step and KV pool, not per layer;
   with float32 tensors one C call (`C_BODY`, built by `cpu_c`) does the same maths per
   query head (dot products, softmax with the sink term, weighted values), float32 throughout;
-- sequences with several new queries (prefill, chunked prefill) use torch's
-  `scaled_dot_product_attention`; the sink is an extra key whose key and value are zero and
-  whose logit is set through the float mask, which is exactly the reference's extra softmax term.
+- sequences with several new queries (prefill, chunked prefill) use torch's CPU flash
+  attention with the causal/window mask; the sink's extra softmax term is applied afterwards
+  from the kernel's logsumexp (a factor sigmoid(lse - sink) per query and head).
 
 Statistics are float32. Knows nothing of block allocation: tables and slots come from the batch.
 """
@@ -21,7 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels.attention import write_kv
@@ -241,25 +240,25 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan:
 def _prefill_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  blocks: torch.Tensor, first_key: int, seq_len: int, sinks: torch.Tensor,
                  sm_scale: float, window: int) -> torch.Tensor:
-    """Queries q [n, Hq, D] at positions seq_len-n.. over keys first_key..seq_len-1."""
+    """Queries q [n, Hq, D] at positions seq_len-n.. over keys first_key..seq_len-1: torch's
+    CPU flash attention (blocked, no [n, keys] score matrix per head) with the causal/window
+    mask, then the sink: softmax over the scores and the sink logit is softmax over the scores
+    times sum / (sum + e^sink) = sigmoid(logsumexp - sink), from the kernel's logsumexp."""
     n, hq, d = q.shape
     hkv = k_cache.shape[2]
     keys = k_cache[blocks].view(-1, hkv, d)[: seq_len - first_key].float()
     vals = v_cache[blocks].view(-1, hkv, d)[: seq_len - first_key].float()
-    zero = keys.new_zeros(1, hkv, d)
-    keys, vals = torch.cat([zero, keys]), torch.cat([zero, vals])
     kpos = torch.arange(first_key, seq_len)
     qpos = torch.arange(seq_len - n, seq_len)
     allowed = kpos[None, :] <= qpos[:, None]
     if window > 0:
         allowed &= kpos[None, :] > qpos[:, None] - window
     bias = torch.zeros(n, kpos.shape[0]).masked_fill_(~allowed, float("-inf"))
-    mask = torch.cat([sinks.float().view(hq, 1, 1).expand(hq, n, 1),
-                      bias.expand(hq, n, -1)], dim=-1)
-    out = F.scaled_dot_product_attention(
-        q.float().transpose(0, 1), keys.transpose(0, 1), vals.transpose(0, 1),
-        attn_mask=mask, scale=sm_scale, enable_gqa=True)
-    return out.transpose(0, 1)
+    heads = [t.transpose(0, 1).repeat_interleave(hq // hkv, dim=0)[None] for t in (keys, vals)]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.float().transpose(0, 1)[None], *heads, attn_mask=bias[None, None], scale=sm_scale)
+    out = out * torch.sigmoid(lse - sinks.float().view(1, hq, 1))[..., None]
+    return out[0].transpose(0, 1)
 
 
 def _write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -75,17 +75,8 @@ typedef struct {
 /* y[t][n] = x[t] . w[n] + b[n] for rows n in [n0, n1) of every token: bf16_pairs' sums */
 static void project(const float *x, const uint16_t *w, const float *b, float *y, long t_dim,
                     long n_rows, long h_dim, long n0, long n1) {
-    for (long t = 0; t < t_dim; t++) {
-        const float *xt = x + t * h_dim;
-        float *o = y + t * n_rows;
-        long n = n0;
-        for (; n + 4 <= n1; n += 4)
-            four_of_one(xt, w + n * h_dim, b + n, o + n, h_dim);
-        for (; n < n1; n++) {
-            one_row(xt, w + n * h_dim, o + n, 1, h_dim, 1);
-            o[n] += b[n];
-        }
-    }
+    for (long t = 0; t < t_dim; t++)
+        biased_rows(x + t * h_dim, w, b, y + t * n_rows, h_dim, n0, n1);
 }
 
 /* token t, kv head g: rotated key and value into the cache, then the group's query heads

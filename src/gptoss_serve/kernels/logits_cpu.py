@@ -138,6 +138,18 @@ static void four_of_one(const float *x, const uint16_t *r, const float *bias, fl
     out[2] = hsum(a2) + bias[2]; out[3] = hsum(a3) + bias[3];
 }
 
+/* o[n] = x . w[n] + b[n] for rows n in [n0, n1) of one matrix (rows h_dim apart) */
+static void biased_rows(const float *x, const uint16_t *w, const float *b, float *o,
+                        long h_dim, long n0, long n1) {
+    long n = n0;
+    for (; n + 4 <= n1; n += 4)
+        four_of_one(x, w + n * h_dim, b + n, o + n, h_dim);
+    for (; n < n1; n++) {
+        one_row(x, w + n * h_dim, o + n, 1, h_dim, 1);
+        o[n] += b[n];
+    }
+}
+
 /* Expert products of a few token/expert pairs, each its own matrix:
    out[p][n] = (sum_h x[p][h] * w[ids[p]][n][h]) + bias[ids[p]][n] for n < n_rows; each pair's
    rows are split into `parts` slices run by OpenMP threads. */
@@ -149,14 +161,7 @@ void bf16_pairs(const float *x, const uint16_t *w, const float *bias, const int6
         long p = i / parts, n0 = (i % parts) * step, n1 = n0 + step < n_rows ? n0 + step : n_rows;
         const float *xp = x + p * h_dim, *b = bias + ids[p] * n_rows;
         const uint16_t *wp = w + ids[p] * n_rows * h_dim;
-        float *o = out + p * n_rows;
-        long n = n0;
-        for (; n + 4 <= n1; n += 4)
-            four_of_one(xp, wp + n * h_dim, b + n, o + n, h_dim);
-        for (; n < n1; n++) {
-            one_row(xp, wp + n * h_dim, o + n, 1, h_dim, 1);
-            o[n] += b[n];
-        }
+        biased_rows(xp, wp, b, out + p * n_rows, h_dim, n0, n1);
     }
 }
 
