@@ -150,8 +150,29 @@ def test_unsuitable_tensors_are_refused_with_a_reason(cpu_model):
 
 def test_a_moved_tensor_or_another_cache_rebuilds_the_table(cpu_model):
     kv = _cache()
-    step = decode_cpu.DecodeStep(cpu_model._step_weights(), kv)
-    assert step.current(kv) and not step.current(_cache())
+    weights = cpu_model._step_weights()
+    step = decode_cpu.DecodeStep(weights, kv)
+    assert step.current(weights, kv) and not step.current(weights, _cache())
+    moved = dataclasses.replace(weights, final_norm=weights.final_norm.clone())
+    assert not step.current(moved, kv)  # a replaced parameter (new storage) is seen
+    with pytest.raises(ValueError):
+        step.run(Seqs([3]).decode(), _cache(), torch.ones(1, 4), torch.zeros(1, 4))
+
+
+def test_a_replaced_parameter_object_is_read(cpu_model):
+    """A parameter replaced by a new object after the step's table was built (what
+    `load_state_dict(assign=True)` does): the next step reads the new values, as the layer
+    path does."""
+    outs = []
+    for m in (_model(cpu_model.kernels), _layer_by_layer(cpu_model)):
+        seqs, kv = Seqs([5]), _cache()
+        m.hidden(seqs.prefill(), kv)
+        m.hidden(seqs.decode(), kv)  # the one-call step's table is built here
+        m.norm.scale = torch.nn.Parameter(m.norm.scale * 1.5, requires_grad=False)
+        m.block[1].attn.qkv.bias = torch.nn.Parameter(m.block[1].attn.qkv.bias + 0.25,
+                                                      requires_grad=False)
+        outs.append(m.hidden(seqs.decode(), kv))
+    assert torch.equal(outs[0], outs[1])
 
 
 def _decode_batch(token: int, slot: int, table: list[int]) -> ForwardBatch:
@@ -165,8 +186,9 @@ def _decode_batch(token: int, slot: int, table: list[int]) -> ForwardBatch:
     (512, 5, [0, 1], IndexError), (-1, 5, [0, 1], IndexError),
     (3, 16 * BS, [0, 1], IndexError), (3, 5, [-1, 1], ValueError)])
 def test_bad_steps_raise_typed_errors(cpu_model, token, slot, table, error):
-    step = decode_cpu.DecodeStep(cpu_model._step_weights(), _cache())
+    kv = _cache()
+    step = decode_cpu.DecodeStep(cpu_model._step_weights(), kv)
     batch = _decode_batch(token, slot, table)
     cos, sin = cpu_model.rotary.cos_sin(batch.positions, torch.float32)
     with pytest.raises(error):
-        step.run(batch, _cache(), cos, sin)
+        step.run(batch, kv, cos, sin)

@@ -367,9 +367,7 @@ class DecodeStep:
         self.why_not = "no C kernel: " + how if lib is None else _why_not(weights, kv)
         self.lib = lib if not self.why_not else None
         self.max_tokens = PAIRS_MAX // weights.top_k if FUSED_DECODE else 0
-        self._tensors = [weights.embedding, weights.final_norm, *kv.k, *kv.v]
-        self._tensors += [t for lw in weights.layers for t in lw.tensors() if t is not None]
-        self._ptrs = [t.data_ptr() for t in self._tensors]
+        self._where = self._addresses(weights, kv)
         self._kv_ids = [id(t) for t in kv.k]
         self._pool_blocks = self._blocks_per_pool(weights, kv)
         if self.lib is not None:
@@ -383,10 +381,16 @@ class DecodeStep:
                 for n, lw in enumerate(self.weights.layers)]
         return torch.tensor(rows, dtype=torch.int64)
 
-    def current(self, kv: KVCache) -> bool:
-        """Whether the table still holds the addresses of these tensors and of `kv`'s."""
-        return ([id(t) for t in kv.k] == self._kv_ids
-                and [t.data_ptr() for t in self._tensors] == self._ptrs)
+    @staticmethod
+    def _addresses(weights: StepWeights, kv: KVCache) -> list[int]:
+        tensors = [weights.embedding, weights.final_norm, *kv.k, *kv.v]
+        tensors += [t for lw in weights.layers for t in lw.tensors() if t is not None]
+        return [id(t) for t in kv.k] + [t.data_ptr() for t in tensors]
+
+    def current(self, weights: StepWeights, kv: KVCache) -> bool:
+        """Whether the table holds the addresses of these tensors (the model's as they are now,
+        so a replaced parameter is seen) and of `kv`'s."""
+        return self._addresses(weights, kv) == self._where
 
     def accepts(self, batch: ForwardBatch) -> bool:
         """Whether `run` serves this batch: every sequence decodes one token, at most
@@ -399,6 +403,8 @@ class DecodeStep:
             sin: torch.Tensor) -> torch.Tensor:
         """The final-normed rows `batch.logits_indices` [S, H] float32 after every layer (the
         caches written) of a batch it `accepts`; cos/sin [T, D/2] float32 per token."""
+        if [id(t) for t in kv.k] != self._kv_ids:
+            raise ValueError("decode step built for another KV cache")
         t = len(batch.query_lens_cpu)
         w, (_, bs, hkv, d) = self.weights, kv.k[0].shape
         lw = w.layers[0]
@@ -410,7 +416,7 @@ class DecodeStep:
                              lw.w1_bias.shape[0], w.top_k, lw.w2_blocks.shape[2] * 32,
                              w.embedding.shape[0], rows.shape[0], tables[0].shape[1],
                              tables[1].shape[1], *self._pool_blocks,
-                             max(batch.seq_lens_cpu)], dtype=torch.int64)
+                             int(lens.max())], dtype=torch.int64)  # sizes the scratch
         out = torch.empty(rows.shape[0], w.embedding.shape[1], dtype=torch.float32)
         rc = self.lib.decode_step(
             self._table.data_ptr(), dims.data_ptr(), self._consts.data_ptr(),

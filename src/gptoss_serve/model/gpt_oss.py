@@ -308,16 +308,16 @@ class GptOssModel(nn.Module):
 
     def _one_call_step(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor | None:
         """`hidden` through the kernel set's `decode_step` where it serves the batch, else None.
-        The step (a table of this model's and `kv_cache`'s tensors) is built on first use and
-        again when the kernel set, the cache or a tensor's storage changed. Loading copies into
-        the tensors in place; code that replaces a parameter object must reset `_step`."""
+        The step (a table of this model's and `kv_cache`'s tensor addresses) is built on first
+        use and again when the kernel set, the cache or any tensor (storage or parameter
+        object) changed; held in a local, so a step checked is the step run."""
         build = self.kernels.decode_step
         if build is None:
             return None
-        if self._step is None or self._step[0] is not build or not self._step[1].current(
-                kv_cache):
-            self._step = (build, build(self._step_weights(), kv_cache))
-        step = self._step[1]
+        weights, held = self._step_weights(), self._step
+        if held is None or held[0] is not build or not held[1].current(weights, kv_cache):
+            held = self._step = (build, build(weights, kv_cache))
+        step = held[1]
         if not step.accepts(batch):
             return None
         return step.run(batch, kv_cache, *self.rotary.cos_sin(batch.positions, torch.float32))
