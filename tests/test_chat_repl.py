@@ -103,11 +103,13 @@ def test_reset_forgets_and_exit_stops_reading():
 
 
 def test_a_turn_too_long_is_an_error_line_and_not_kept():
-    engine = ScriptedEngine(max_model_len=len(harmony_prompt([("user", "short")])) + 1)
-    text = chat(["short", "x " * 50, "/exit"], engine)
+    kept = [("user", "short"), ("assistant", "Answer 1."), ("user", "again")]
+    engine = ScriptedEngine(max_model_len=len(harmony_prompt(kept)) + 1)
+    text = chat(["short", "x " * 50, "again", "/exit"], engine)
     assert "[error] conversation longer than the context" in text
-    # the refused turn left no trace: the first answer's max_tokens was cut to the 1 free slot
-    assert engine.requests[0].sampling_params.max_tokens == 1 and len(engine.requests) == 1
+    # the refused turn left no trace: the next prompt is the conversation without it
+    assert len(engine.requests) == 2
+    assert list(engine.requests[1].prompt_token_ids) == harmony_prompt(kept)
 
 
 @pytest.mark.slow

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
-
 from asgi_server import Served, serve_in_thread
 from gptoss_serve.api.app import create_app
 from gptoss_serve.config import ServerConfig
@@ -23,10 +21,6 @@ class Running:
     base_url: str
     engine: Any
     served: Served
-
-    @property
-    def server(self) -> uvicorn.Server:
-        return self.served.server
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

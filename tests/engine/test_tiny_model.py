@@ -85,7 +85,6 @@ def test_greedy_screen_steps_equal_the_logits_steps(checkpoint, prompts):
     screened = [o.token_ids for o in llm.generate(prompts, GREEDY)]
     assert sum(calls) > 0 and 0 in calls  # steps of more than MAX_ROWS rows take the logits
     model.kernels = dataclasses.replace(model.kernels, argmax_index=None)
-    model._argmax_key = None
     calls.clear()
     plain = [o.token_ids for o in llm.generate(prompts, GREEDY)]
     assert screened == plain and not any(calls)

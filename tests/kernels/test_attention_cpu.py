@@ -128,6 +128,9 @@ def test_c_kv_write_equals_write_kv():
     from gptoss_serve.kernels import attention_cpu as ac
     from gptoss_serve.kernels.attention import write_kv
 
+    if ac._load() is None:
+        pytest.skip("no C kernel here: write_kv would be compared with itself")
+
     g = torch.Generator().manual_seed(8)
     qkv = torch.randn(3, (4 + 2 * 2) * 16, generator=g)
     k, v = qkv[:, 64:96].view(3, 2, 16), qkv[:, 96:].view(3, 2, 16)

@@ -164,8 +164,6 @@ def test_linear_cpu_bf16_weight_matches_reference(rows):
     exact = (x.double() @ weight.double().T + bias.double()).float()
     torch.testing.assert_close(got, exact, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, linear_ref(x, weight, bias), atol=1e-5, rtol=1e-5)
-    assert torch.equal(linear_ref(x, weight.float(), bias),
-                       torch.nn.functional.linear(x, weight.float(), bias))
     if rows <= lc.BF16_KERNEL_ROWS and lc._load()[0] is not None:  # the C paths: the same
         assert torch.equal(got, lc.logits_cpu(x, weight) + bias)  # sums plus the bias, exactly
 

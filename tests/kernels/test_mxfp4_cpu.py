@@ -46,6 +46,8 @@ def test_mxfp4_pairs_equals_bf16_pairs_on_the_dequantized_copy(threads, pairs, n
 
 
 def test_mxfp4_pairs_declines_what_it_cannot_run():
+    if mc._load()[0] is None:
+        pytest.skip("no C kernel here: everything declines")
     blocks = torch.zeros(2, 8, 2, 16, dtype=torch.uint8)
     scales, bias = torch.zeros(2, 8, 2, dtype=torch.uint8), torch.zeros(2, 8)
     ids = torch.zeros(1, dtype=torch.int64)
@@ -98,6 +100,8 @@ def test_moe_decode_same_bits_at_any_thread_count():
 
 
 def test_moe_decode_declines_what_it_cannot_run():
+    if mc._load()[0] is None:
+        pytest.skip("no C kernel here: everything declines")
     g = torch.Generator().manual_seed(6)
     experts = _packed(g, 4, 64, 32)
     x, rw, rb = torch.randn(1, 64), torch.randn(4, 64), torch.randn(4)
