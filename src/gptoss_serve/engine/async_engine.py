@@ -37,8 +37,7 @@ def in_passing_thread(fn: Callable[[], T]) -> T:
     and once it manages more threads than there are cores its idle workers stop spinning at
     once, so every parallel region of a decode step pays a futex wake-up. Loading the model
     (many parallel copies) in a thread that ends frees that thread's team, which leaves the
-    engine loop's the only one: batch-1 steps in the loop thread took 17-24 ms instead of
-    26-36 ms on a 2-core VM (docs/benchmarks.md, "CPU single stream, round 3")."""
+    engine loop's the only one (docs/benchmarks.md, "CPU single stream, round 3")."""
     box: dict[str, object] = {}
 
     def run() -> None:

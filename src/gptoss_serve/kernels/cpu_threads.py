@@ -1,12 +1,12 @@
 """How many threads a CPU step uses: torch's own operators, and the memory-bound C kernels.
 
-Measured on a 2-core VM (docs/benchmarks.md, "CPU single stream, round 3"): at decode batch
+Seen on a 2-core VM (docs/benchmarks.md, "CPU single stream, round 3"): at decode batch
 sizes torch's operators are too small to gain from a second thread, yet every operator that
 opens an OpenMP parallel region (MKL's small GEMMs, `bmm`, large copies) pays for waking the
 other worker. That cost explodes when the step runs outside the process's main thread, as the
 server's engine loop does: libgomp then manages more threads than there are cores (the main
 thread's team plus the engine thread's), so idle workers sleep after a short spin and every
-region pays a futex wake-up; a batch-1 step took 37-43 ms there against 24 ms in the main
+region pays a futex wake-up, and a batch-1 step there was far slower than in the main
 thread. So a small step (`step_threads`) runs torch's operators on one thread, while the C
 kernels of `logits_cpu` (the unembedding and expert products: memory bound, a few calls per
 step) keep every thread torch was configured with (`kernel_threads`).

@@ -4,13 +4,14 @@ Up to `max_tokens` sequences with one new token each (batch-1 serving) run every
 OpenMP parallel region: embedding rows, RMSNorm with the residual add, qkv projection (bf16
 weights), RoPE, K/V write into the paged caches, attention with sinks and window, out
 projection, RMSNorm, and the MoE layer on the packed MXFP4 experts, then the final norm of the
-sampled rows. No Python between layers (the layer loop through the kernel set costs ~50
-ctypes calls and ~80 small torch operators per step) and no barrier: each layer is seven
+sampled rows. No Python between layers (the layer loop through the kernel set makes dozens
+of ctypes calls and small torch operators per step) and no barrier: each layer is seven
 phases (norm; qkv rows; attention per token and KV head; out rows; norm and routing; expert
 rows of the first, then of the second projection) whose work items the threads claim from
 atomic counters once the phase before is finished. A thread that the OS has taken off its
 core then holds up no one unless it took an item; with barriers (a first version, five per
-layer) one busy neighbour process turned a 3 ms step into 127 ms.
+layer) every barrier waited for such a thread whenever another process held a core
+(docs/benchmarks.md, round 5b).
 
 The C source is the existing kernels' own (`norm_cpu`, `logits_cpu`, `attention_cpu`,
 `mxfp4_cpu`, `rope_cpu` bodies, concatenated after `cpu_c.AVX_PRELUDE`) plus a driver that

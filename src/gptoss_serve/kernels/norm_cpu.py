@@ -1,8 +1,8 @@
 """RMSNorm with the fused residual add on CPU for the few rows of a decode step, in C.
 
 Same signature and maths as `kernels/norm.py: rms_norm_ref` (its oracle): h = x + residual,
-y = h / sqrt(mean(h^2) + eps) * weight, float32 statistics. A batch-1 step runs 13 of these;
-in torch each is ~8 small operators (~30 us), here one ctypes call (a few us). The sum of
+y = h / sqrt(mean(h^2) + eps) * weight, float32 statistics. A batch-1 step on the layer path
+runs 13 of these; in torch each is ~8 small operators, here one ctypes call. The sum of
 squares runs in an 8-lane accumulator, so results match the reference to float32 rounding,
 not bit for bit. Rows above `C_ROWS`, other dtypes, or no C kernel: the reference.
 
