@@ -169,7 +169,7 @@ def main() -> None:
     add_prompts(engine, 1, 16, 2, "warm")
     timed_steps(engine)
     results: dict = {"kernels": args.kernels, "dtype": args.dtype, "threads": args.threads,
-                     "greedy_screen": model.greedy_tokens(model.unembedding.weight[:1]) is not None}
+                     "greedy_screen": model._argmax_index() is not None}
     if args.prefill:
         results["prefill"] = prefill_time(engine, args.prefill)
     results["decode"] = [decode_rate(engine, b, 128, args.out_len) for b in args.batch]

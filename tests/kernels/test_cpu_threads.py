@@ -22,7 +22,7 @@ def test_small_step_uses_one_torch_thread_and_all_kernel_threads(two_threads):
     with ct.step_threads(1):
         assert torch.get_num_threads() == 1
         assert ct.kernel_threads() == 2
-        assert lc._parts(10 * lc.MIN_ROWS_PER_THREAD) == 2
+        assert lc.row_parts(10 * lc.MIN_ROWS_PER_THREAD) == 2
         with ct.step_threads(1):  # nested: unchanged
             assert torch.get_num_threads() == 1 and ct.kernel_threads() == 2
         assert torch.get_num_threads() == 1

@@ -35,7 +35,7 @@ import torch
 from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.kernels import attention_cpu, cpu_c, logits_cpu, mxfp4_cpu, norm_cpu, rope_cpu
 from gptoss_serve.kernels.cpu_threads import kernel_threads
-from gptoss_serve.kernels.moe_cpu import FUSED_DECODE, PAIRS_MAX
+from gptoss_serve.kernels.moe_cpu import PAIRS_MAX
 
 _STEP_C = r"""
 #include <sched.h>
@@ -139,6 +139,26 @@ static void final_norm(step_t *s) {
                  s->out + r * s->h_dim, s->hn, 1, s->h_dim, s->eps);
 }
 
+/* an item of the MoE phases (norm and routing, first, second projection) from row r0 */
+static void moe_item(step_t *s, const int64_t *L, int p, long r0) {
+    long t_dim = s->t_dim, h_dim = s->h_dim;
+    moe_layer m = moe_of(s, L);
+    int64_t *ids;
+    float *wts;
+    moe_scratch(&m, 0, &ids, &wts);
+    switch (p) {
+    case P_NORM2:
+        rms_norm(s->o, s->res, (const float *)L[F_NORM2], s->hn, s->res, t_dim, h_dim, s->eps);
+        moe_route(&m, s->hn, ids, wts, wts + t_dim * s->k);
+        break;
+    case P_UP:
+        moe_up(&m, s->hn, ids, r0, r0 + CHUNK < 2 * s->i_dim ? r0 + CHUNK : 2 * s->i_dim);
+        break;
+    default:  /* P_DOWN */
+        moe_down(&m, s->x, ids, wts, r0, r0 + CHUNK < h_dim ? r0 + CHUNK : h_dim);
+    }
+}
+
 /* item i of phase p of layer l (l == l_dim: the final norm) */
 static void run_item(step_t *s, long l, int p, long i, scratch_t *sc) {
     long t_dim = s->t_dim, h_dim = s->h_dim, r0 = i * CHUNK, r1;
@@ -147,10 +167,10 @@ static void run_item(step_t *s, long l, int p, long i, scratch_t *sc) {
         return;
     }
     const int64_t *L = s->layers + l * FIELDS;
-    moe_layer m = moe_of(s, L);
-    int64_t *ids;
-    float *wts;
-    moe_scratch(&m, 0, &ids, &wts);
+    if (p >= P_NORM2) {
+        moe_item(s, L, p, r0);
+        return;
+    }
     switch (p) {
     case P_NORM1:
         if (l == 0)
@@ -167,20 +187,10 @@ static void run_item(step_t *s, long l, int p, long i, scratch_t *sc) {
         if (attend_group(s, L, i / s->hkv, i % s->hkv, sc))
             __atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);
         break;
-    case P_OUT:
+    default:  /* P_OUT */
         r1 = r0 + CHUNK < h_dim ? r0 + CHUNK : h_dim;
         project(s->attn, (const uint16_t *)L[F_OUT_W], (const float *)L[F_OUT_B], s->o, t_dim,
                 h_dim, s->hq * s->d, r0, r1);
-        break;
-    case P_NORM2:
-        rms_norm(s->o, s->res, (const float *)L[F_NORM2], s->hn, s->res, t_dim, h_dim, s->eps);
-        moe_route(&m, s->hn, ids, wts, wts + t_dim * s->k);
-        break;
-    case P_UP:
-        moe_up(&m, s->hn, ids, r0, r0 + CHUNK < 2 * s->i_dim ? r0 + CHUNK : 2 * s->i_dim);
-        break;
-    default:  /* P_DOWN */
-        moe_down(&m, s->x, ids, wts, r0, r0 + CHUNK < h_dim ? r0 + CHUNK : h_dim);
     }
 }
 
@@ -274,7 +284,6 @@ _C_SOURCE = (cpu_c.AVX_PRELUDE + norm_cpu.C_BODY + logits_cpu.C_BODY + attention
 _ERRORS = {-1: (MemoryError, "decode step: no memory for the scratch"),
            -2: (IndexError, "token id out of range"), -3: (IndexError, "KV slot out of range"),
            -4: (ValueError, "a block needed for the keys of a sequence is absent")}
-_DIMS = 17
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -367,9 +376,8 @@ class DecodeStep:
         lib, how = _load()
         self.why_not = "no C kernel: " + how if lib is None else _why_not(weights, kv)
         self.lib = lib if not self.why_not else None
-        self.max_tokens = PAIRS_MAX // weights.top_k if FUSED_DECODE else 0
-        self._where = self._addresses(weights, kv)
-        self._kv_ids = [id(t) for t in kv.k]
+        self.max_tokens = PAIRS_MAX // weights.top_k
+        self._where = self._addresses(weights, kv)  # starts with the ids of kv.k
         self._pool_blocks = self._blocks_per_pool(weights, kv)
         if self.lib is not None:
             self._table = self._layer_table(kv)
@@ -393,18 +401,21 @@ class DecodeStep:
         so a replaced parameter is seen) and of `kv`'s."""
         return self._addresses(weights, kv) == self._where
 
-    def accepts(self, batch: ForwardBatch) -> bool:
-        """Whether `run` serves this batch: every sequence decodes one token, at most
-        `max_tokens` of them, and the tensors suit the C step."""
+    def fits(self, batch: ForwardBatch) -> bool:
+        """Whether the batch has the step's shape: every sequence decodes one token, at most
+        `max_tokens` of them (whatever the tensors)."""
         t = len(batch.query_lens_cpu)
-        return (self.lib is not None and 0 < t <= self.max_tokens
-                and all(n == 1 for n in batch.query_lens_cpu))
+        return 0 < t <= self.max_tokens and all(n == 1 for n in batch.query_lens_cpu)
+
+    def accepts(self, batch: ForwardBatch) -> bool:
+        """Whether `run` serves this batch: it `fits` and the tensors suit the C step."""
+        return self.lib is not None and self.fits(batch)
 
     def run(self, batch: ForwardBatch, kv: KVCache, cos: torch.Tensor,
             sin: torch.Tensor) -> torch.Tensor:
         """The final-normed rows `batch.logits_indices` [S, H] float32 after every layer (the
         caches written) of a batch it `accepts`; cos/sin [T, D/2] float32 per token."""
-        if [id(t) for t in kv.k] != self._kv_ids:
+        if [id(t) for t in kv.k] != self._where[:len(kv.k)]:
             raise ValueError("decode step built for another KV cache")
         t = len(batch.query_lens_cpu)
         w, (_, bs, hkv, d) = self.weights, kv.k[0].shape

@@ -30,22 +30,21 @@ from dataclasses import dataclass
 import torch
 
 from gptoss_serve.kernels import cpu_c
-from gptoss_serve.kernels.cpu_threads import kernel_threads
+from gptoss_serve.kernels.logits_cpu import row_parts
 
 BUILD_ROWS = 8192  # unembedding rows quantized at a time when building the index
-MAX_ROWS = 4  # activation rows per call: more read the screen again (each pair costs a pass)
+MAX_ROWS = 4  # activation rows per call (the C block holds 2 x MAX_ROWS accumulators)
 _U = 2.0 ** -24  # float32 unit roundoff
-_MAX_PARTS = 64
+_MAX_PARTS = 64  # vocabulary slices at most (C's per-slice arrays)
 
-_C_SOURCE = cpu_c.AVX_PRELUDE + r"""
+_LIMITS = f"#define MAX_PARTS {_MAX_PARTS}\n#define MAX_ROWS {MAX_ROWS}\n"
+_C_SOURCE = cpu_c.AVX_PRELUDE + _LIMITS + r"""
 #ifdef _OPENMP
 #include <omp.h>
 #else
 static int omp_get_thread_num(void) { return 0; }
 static int omp_get_num_threads(void) { return 1; }
 #endif
-#define MAX_PARTS 64
-#define MAX_ROWS 4
 typedef struct { float round_c, e_max, e_l2, sq_l2; } RowStats;  /* see ArgmaxIndex.stats */
 typedef struct { double sx, l1, l2, dx_l2, tiny; } Activation;
 
@@ -320,7 +319,7 @@ class ArgmaxIndex:
             return None
         out, computed = torch.empty(m, dtype=torch.int64), torch.empty(m, dtype=torch.int64)
         scores = torch.empty(m, v, dtype=torch.float64)
-        parts = max(1, min(kernel_threads(), _MAX_PARTS, v // 256 or 1))
+        parts = min(row_parts(v), _MAX_PARTS)
         ok = _load()[0].screened_argmax(
             x.data_ptr(), m, h, self.weight.data_ptr(), self.w_top, self.q.data_ptr(),
             self.scale.data_ptr(), self.stats.data_ptr(), self.worst.data_ptr(), v,

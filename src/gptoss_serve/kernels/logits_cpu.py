@@ -226,7 +226,9 @@ def bf16_logits_status() -> str:
     return how if lib is not None else f"upcast chunks: {how}"
 
 
-def _parts(rows: int) -> int:
+def row_parts(rows: int) -> int:
+    """Threads for `rows` output rows: torch's intra-op count, at least `MIN_ROWS_PER_THREAD`
+    rows each."""
     return max(1, min(kernel_threads(), rows // MIN_ROWS_PER_THREAD))
 
 
@@ -234,7 +236,7 @@ def _run_c(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, out: torch.T
     """All logits, the vocabulary split over torch's intra-op thread count (at least
     `MIN_ROWS_PER_THREAD` rows each)."""
     (m, h), v = x.shape, weight.shape[0]
-    lib.bf16_logits(x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h, v, _parts(v))
+    lib.bf16_logits(x.data_ptr(), weight.data_ptr(), out.data_ptr(), m, h, v, row_parts(v))
 
 
 def _chunked(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
@@ -296,7 +298,7 @@ def bf16_pairs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     x, ids = x.contiguous(), ids.to(torch.int64).contiguous()
     out = torch.empty(x.shape[0], n, dtype=torch.float32)
     lib.bf16_pairs(x.data_ptr(), weight.data_ptr(), bias.data_ptr(), ids.data_ptr(),
-                   out.data_ptr(), x.shape[0], n, h, _parts(n))
+                   out.data_ptr(), x.shape[0], n, h, row_parts(n))
     return out
 
 

@@ -221,7 +221,6 @@ class GptOssModel(nn.Module):
         if keep_dense_experts(sum(m.dense_bytes(dtype) for m in mlps)):
             for m in mlps:
                 m.densify(dtype, ks.packed_decode_experts)
-        self._step = None  # its table may name experts that are gone now
 
     @property
     def device(self) -> torch.device:
@@ -311,10 +310,10 @@ class GptOssModel(nn.Module):
         The step (a table of this model's and `kv_cache`'s tensor addresses) is built on first
         use and again when the kernel set, the cache or any tensor (storage or parameter
         object) changed; held in a local, so a step checked is the step run."""
-        build = self.kernels.decode_step
-        if build is None:
-            return None
-        weights, held = self._step_weights(), self._step
+        build, held = self.kernels.decode_step, self._step
+        if build is None or (held is not None and held[0] is build and not held[1].fits(batch)):
+            return None  # (a prefill or larger step skips the walk over the tensors below)
+        weights = self._step_weights()
         if held is None or held[0] is not build or not held[1].current(weights, kv_cache):
             held = self._step = (build, build(weights, kv_cache))
         step = held[1]
