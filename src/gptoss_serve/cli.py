@@ -128,8 +128,9 @@ def _run_chat(args: argparse.Namespace) -> int:
     from gptoss_serve.chat_repl import ChatOptions, run_chat
     from gptoss_serve.config import CacheConfig, SchedulerConfig
     from gptoss_serve.engine.engine import LLMEngine
+    from gptoss_serve.model.synthetic import tiny_checkpoint
 
-    model = args.model or str(_tiny_checkpoint())
+    model = args.model or str(tiny_checkpoint(_tiny_dir()))
     if args.model is None:
         print(f"no --model given: a tiny RANDOM checkpoint ({model}); its answers are noise")
     engine = LLMEngine.from_config(
@@ -156,12 +157,6 @@ def _read_line() -> str | None:
         return input("> " if sys.stdin.isatty() else "")
     except EOFError:
         return None
-
-
-def _tiny_checkpoint() -> Path:
-    from gptoss_serve.api.server import tiny_checkpoint
-
-    return tiny_checkpoint(_tiny_dir())
 
 
 # ---- bench (owner: bench/) -----------------------------------------------------------------------

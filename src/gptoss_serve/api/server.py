@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ from typing import Any
 import uvicorn
 
 from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
-from gptoss_serve.engine.model_runner import sequences_fitting
 
 log = logging.getLogger("gptoss_serve.serve")
 GRACE_SECONDS = 5
@@ -40,22 +37,6 @@ class ServeOptions:
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per core)
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    """The tiny random checkpoint, written once (atomically) into `folder`."""
-    if (folder / "config.json").exists():
-        return folder
-    from gptoss_serve.model.synthetic import write_checkpoint
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
-    write_checkpoint(tmp, preset="tiny", seed=0)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
 def served_name(model: str, explicit: str | None) -> str:
     """--served-model-name, else the hub name as given, else the folder's name."""
     if explicit:
@@ -71,6 +52,8 @@ def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
                                   if random_weights else "")]
     if runner is None:  # a test double of the engine
         return lines
+    from gptoss_serve.engine.model_runner import sequences_fitting
+
     plan, block = runner.plan, runner.block_size
     fit = sequences_fitting(plan, engine.max_model_len, block)
     return lines + [
@@ -112,6 +95,7 @@ def run_server(opts: ServeOptions) -> int:
     from gptoss_serve.api.app import create_app
     from gptoss_serve.engine.async_engine import AsyncEngine
     from gptoss_serve.harmony.tokenizer import get_tokenizer
+    from gptoss_serve.model.synthetic import tiny_checkpoint
 
     random_weights = opts.model is None
     model = str(tiny_checkpoint(opts.tiny_dir)) if random_weights else str(opts.model)

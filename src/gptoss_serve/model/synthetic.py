@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -254,3 +256,17 @@ def _write_hf(folder: Path, hf_cfg: dict[str, Any], config: ModelConfig, seed: i
         weight_map.update(dict.fromkeys(hf_metas, file))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / HF_INDEX).write_text(json.dumps(index, indent=2))
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """The tiny random checkpoint, written once (atomically) into `folder`."""
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    write_checkpoint(tmp, preset="tiny", seed=0)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
