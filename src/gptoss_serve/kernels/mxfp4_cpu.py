@@ -72,24 +72,37 @@ static void fp4_two(const float *x, const uint8_t *blk, const uint8_t *sc, long 
     r[1] = hsum(a1);
 }
 
+/* rows [*n0, *n1) of n_rows: thread tid's share of nt, an even count (gate/up pairs) */
+static void share(long n_rows, int tid, int nt, long *n0, long *n1) {
+    long step = ((n_rows + nt - 1) / nt + 1) / 2 * 2;
+    *n0 = tid * step < n_rows ? tid * step : n_rows;
+    *n1 = *n0 + step < n_rows ? *n0 + step : n_rows;
+}
+
+/* y[n] = x . w[row + n] + bias[row + n] for n in [n0, n1) (n0 even), two rows at a time */
+static void fp4_rows(const float *x, const uint8_t *blocks, const uint8_t *scales,
+                     const float *bias, long g_dim, long row, long n0, long n1, float *y) {
+    for (long n = n0; n < n1; n += 2) {
+        float r[2];
+        fp4_two(x, blocks + (row + n) * g_dim * 16, scales + (row + n) * g_dim, g_dim,
+                n + 1 < n1, r);
+        y[n] = r[0] + bias[row + n];
+        if (n + 1 < n1)
+            y[n + 1] = r[1] + bias[row + n + 1];
+    }
+}
+
 /* out[p][n] = x[p] . w[ids[p]][n] + bias[ids[p]][n]; blocks [E][n_rows][g_dim][16], scales
    [E][n_rows][g_dim]; each pair's rows split into `parts` slices run by OpenMP threads */
 void mxfp4_pairs(const float *x, const uint8_t *blocks, const uint8_t *scales,
                  const float *bias, const int64_t *ids, float *out, long pairs, long n_rows,
                  long g_dim, int parts) {
-    long step = ((n_rows + parts - 1) / parts + 1) / 2 * 2;
     #pragma omp parallel for num_threads(parts) schedule(static)
     for (long i = 0; i < pairs * parts; i++) {
-        long p = i / parts, n0 = (i % parts) * step, n1 = n0 + step < n_rows ? n0 + step : n_rows;
-        long row = ids[p] * n_rows;
-        for (long n = n0; n < n1; n += 2) {
-            float r[2];
-            fp4_two(x + p * g_dim * 32, blocks + (row + n) * g_dim * 16,
-                    scales + (row + n) * g_dim, g_dim, n + 1 < n1, r);
-            out[p * n_rows + n] = r[0] + bias[row + n];
-            if (n + 1 < n1)
-                out[p * n_rows + n + 1] = r[1] + bias[row + n + 1];
-        }
+        long p = i / parts, n0, n1;
+        share(n_rows, (int)(i % parts), parts, &n0, &n1);
+        fp4_rows(x + p * g_dim * 32, blocks, scales, bias, g_dim, ids[p] * n_rows, n0, n1,
+                 out + p * n_rows);
     }
 }
 
@@ -126,13 +139,6 @@ static inline float glu(float gate, float up, float limit, float alpha) {
     gate = gate < limit ? gate : limit;
     up = up < -limit ? -limit : (up > limit ? limit : up);
     return gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
-}
-
-/* rows [*n0, *n1) of n_rows: thread tid's share of nt, an even count (gate/up pairs) */
-static void share(long n_rows, int tid, int nt, long *n0, long *n1) {
-    long step = ((n_rows + nt - 1) / nt + 1) / 2 * 2;
-    *n0 = tid * step < n_rows ? tid * step : n_rows;
-    *n1 = *n0 + step < n_rows ? *n0 + step : n_rows;
 }
 
 /* The weights and shapes of one MoE layer, and the step's shared scratch: work holds
@@ -177,14 +183,8 @@ static void moe_down(const moe_layer *m, float *out, const int64_t *ids, const f
     long pairs = m->t_dim * m->k, h_dim = m->h_dim, g2 = m->i_dim / 32;
     float *act = m->work, *y = act + pairs * m->i_dim;
     for (long p = 0; p < pairs; p++)
-        for (long n = r0, row = ids[p] * h_dim; n < r1; n += 2) {
-            float r[2];
-            fp4_two(act + p * m->i_dim, m->b2 + (row + n) * g2 * 16, m->s2 + (row + n) * g2,
-                    g2, n + 1 < r1, r);
-            y[p * h_dim + n] = r[0] + m->bias2[row + n];
-            if (n + 1 < r1)
-                y[p * h_dim + n + 1] = r[1] + m->bias2[row + n + 1];
-        }
+        fp4_rows(act + p * m->i_dim, m->b2, m->s2, m->bias2, g2, ids[p] * h_dim, r0, r1,
+                 y + p * h_dim);
     for (long t = 0; t < m->t_dim; t++)
         for (long h = r0; h < r1; h++) {
             float sum = 0.0f;
