@@ -17,7 +17,7 @@ FULL = "full_attention"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """gpt-oss hyper-parameters (gpt-oss-facts.md §1). Defaults are gpt-oss-120b's."""
+    """gpt-oss hyper-parameters (docs/model-facts.md §1). Defaults are gpt-oss-120b's."""
 
     num_hidden_layers: int = 36
     hidden_size: int = 2880

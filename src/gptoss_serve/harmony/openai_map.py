@@ -1,6 +1,6 @@
 """Maps parser events to OpenAI chat fields: content, reasoning, tool calls, finish reason.
 
-Owns the mapping rules (gpt-oss-facts.md §6.1, guards.md 3-11):
+Owns the mapping rules (docs/model-facts.md §6.1, docs/guards.md 3-11):
 - `analysis` -> reasoning; `final` and recipient-less `commentary` (preamble) -> content;
 - recipient `functions.NAME` (or a bare NAME) whose sanitised NAME is a declared tool -> a tool call
   on any channel, also when closed by `<|return|>`; its arguments are the text as the model wrote

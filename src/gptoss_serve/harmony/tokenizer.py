@@ -23,7 +23,7 @@ RETURN, CONSTRAIN, CHANNEL, START, END, MESSAGE, CALL = (
 )
 VOCAB_SIZE = 201088
 
-# o200k_base split regex (gpt-oss-facts.md §4.1).
+# o200k_base split regex (docs/model-facts.md §4.1).
 PAT_STR = "|".join([
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",

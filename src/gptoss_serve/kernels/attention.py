@@ -1,7 +1,7 @@
 """Paged attention with per-head sinks and an optional sliding window: the plain-torch reference.
 
 This is the oracle for the fast kernels and the CPU path. It owns the KV write (new K/V into their
-slots) and the attention math of gpt-oss-facts.md §2.4 steps 4-7. Knows nothing of block
+slots) and the attention math of docs/model-facts.md §2.4 steps 4-7. Knows nothing of block
 allocation: block tables and slots come in from the ForwardBatch.
 """
 

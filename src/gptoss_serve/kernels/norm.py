@@ -1,4 +1,4 @@
-"""RMSNorm with an optional fused residual add: the plain-torch reference (gpt-oss-facts.md §2.3).
+"""RMSNorm with an optional fused residual add: the torch reference (docs/model-facts.md §2.3).
 
 Oracle for `norm_triton.rms_norm_triton` (same signature). Statistics in float32; the residual
 sum is rounded to the activation dtype (the residual stream is bf16 in the reference model).

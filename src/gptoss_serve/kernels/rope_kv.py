@@ -1,4 +1,4 @@
-"""RoPE (half-split, gpt-oss-facts.md §2.4.1) fused with the KV-cache write: the torch reference.
+"""RoPE (half-split, docs/model-facts.md §2.4.1) fused with the KV-cache write: the torch reference.
 
 Oracle for `rope_triton.rope_kv_write_triton` (same signature). The cos/sin tables come from the
 model (YaRN, concentration already folded in): [P, D/2], row p for position p. The rotation is

@@ -1,4 +1,4 @@
-"""The gpt-oss transformer: the forward pass of gpt-oss-facts.md §2 over a paged KV cache.
+"""The gpt-oss transformer: the forward pass of docs/model-facts.md §2 over a paged KV cache.
 
 Owns the module tree, whose tensor names are those of the checkpoint's `original/` layout
 (`embedding.weight`, `block.N.attn.qkv.weight`, `block.N.mlp.mlp1_weight.blocks`, ...), and the

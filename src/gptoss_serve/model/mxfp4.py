@@ -1,7 +1,7 @@
 """MXFP4 (OCP microscaling FP4): E2M1 values, low nibble first, E8M0 scales with bias 127,
 blocks of 32 along the input (last) dimension. Pack, unpack, quantize, dequantize.
 
-Layouts (gpt-oss-facts.md §3.3): blocks [..., G, 16] uint8 and scales [..., G] uint8 hold a
+Layouts (docs/model-facts.md §3.3): blocks [..., G, 16] uint8 and scales [..., G] uint8 hold a
 weight [..., G * 32]. Owns the number format only; knows nothing of checkpoints or experts.
 """
 
