@@ -2,6 +2,9 @@
 
 Owns parsing of both checkpoint config layouts (Hugging Face and `original/`).
 Knows nothing of torch, files beyond config.json, or HTTP.
+
+Follows transformers' `configuration_gpt_oss.py: GptOssConfig` and openai/gpt-oss
+`gpt_oss/torch/model.py: ModelConfig`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ only when the last assistant message is `final` are the `analysis` messages befo
 
 Response format (no API in openai-harmony, facts §5.10): appended to the developer instructions as
 `# Response Formats` / `## {name}` / `// {description}` / the schema as one line of compact JSON.
+
+Follows openai/harmony `src/encoding.rs` (the renderer behind
+`render_conversation_for_completion`).
 """
 
 from __future__ import annotations

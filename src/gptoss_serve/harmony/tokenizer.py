@@ -3,6 +3,9 @@
 Owns: the special-token table (exactly one name per id, vocabulary size 201088), the rule that
 text from users and tools is always encoded as ordinary text, and UTF-8-safe incremental
 decoding. Must not know: the chat format, the conversation objects, torch or HTTP.
+
+Follows tiktoken's `tiktoken_ext/openai_public.py: o200k_base` and openai/harmony
+`src/tiktoken_ext/public_encodings.rs`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Oracle for `norm_triton.rms_norm_triton` (same signature). Statistics in float32; the residual
 sum is rounded to the activation dtype (the residual stream is bf16 in the reference model).
 Knows nothing of layers or weights loading.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py: RMSNorm`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Owns the module tree, whose tensor names are those of the checkpoint's `original
 (`embedding.weight`, `block.N.attn.qkv.weight`, `block.N.mlp.mlp1_weight.blocks`, ...), and the
 order of operations of one step. Attention and MoE math are delegated to a `KernelSet`; the model
 knows nothing of checkpoint files, scheduling or sampling.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py` (`Transformer`, `TransformerBlock`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ blocks of 32 along the input (last) dimension. Pack, unpack, quantize, dequantiz
 
 Layouts (docs/model-facts.md §3.3): blocks [..., G, 16] uint8 and scales [..., G] uint8 hold a
 weight [..., G * 32]. Owns the number format only; knows nothing of checkpoints or experts.
+
+Follows openai/gpt-oss `gpt_oss/torch/weights.py: Checkpoint._get_mxfp4_tensor` and
+transformers' `integrations/mxfp4.py: convert_moe_packed_tensors`.
 """
 
 from __future__ import annotations

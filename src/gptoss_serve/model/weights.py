@@ -5,6 +5,9 @@ them (q/k/v rows of the fused qkv, transposed dense experts), dtype/device resol
 kernel choice at load, the weights-vs-free-GPU-memory check and the checkpoint errors. Loading
 goes tensor by tensor into the model's preallocated tensors, so the weights never exist twice.
 Knows nothing of the forward pass beyond the model's tensor names.
+
+Follows transformers' `convert_gpt_oss_weights_to_hf.py` (the name map) and openai/gpt-oss
+`gpt_oss/torch/weights.py: Checkpoint`.
 """
 
 from __future__ import annotations
