@@ -15,8 +15,8 @@ layer) every barrier waited for such a thread whenever another process held a co
 
 The C source (`csrc/decode_step.c`) is a driver that `#include`s the existing kernels' own
 sources (`csrc/rms_norm.c`, `logits.c`, `attention.c`, `mxfp4.c`, `rotary.c`: one translation
-unit) and calls them, so every value is computed by the same function, in the same order, as in the
-layer-by-layer CPU path: the result equals it bit for bit (tested), at any thread count
+unit) and calls them, so every value is computed by the same function, in the same order, as
+in the layer-by-layer CPU path: the result equals it bit for bit (tested), at any thread count
 (threads split rows, heads and expert rows, never one sum). cos/sin of the positions come
 from the caller (`model/rope.py`), so the angles are torch's.
 
