@@ -18,7 +18,7 @@ sources (`csrc/rms_norm.c`, `logits.c`, `attention.c`, `mxfp4.c`, `rotary.c`: on
 unit) and calls them, so every value is computed by the same function, in the same order, as
 in the layer-by-layer CPU path: the result equals it bit for bit (tested), at any thread count
 (threads split rows, heads and expert rows, never one sum). cos/sin of the positions come
-from the caller (`model/rope.py`), so the angles are torch's.
+from the caller (`formats/rope.py`), so the angles are torch's.
 
 The layer table's columns, the dims and the float constants are laid out by name in the
 order of the C file's enums (`F_`, `D_`, `K_`), read by `cpu_c.enum_names`.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.moe_cpu import PAIRS_MAX
