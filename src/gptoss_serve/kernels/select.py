@@ -65,10 +65,11 @@ class KernelSet:
     rotary: Callable = apply_rotary  # RoPE of the unfused path (`rope_qkv`), same signature
     projection_dtype: torch.dtype | None = None  # keep those weights in this dtype (else the
     # model's): the CPU set keeps the checkpoint's bf16, read by `linear`
-    argmax_index: Callable | None = None  # unembedding -> an index whose .argmax(h) is
-    # logits(h, unembedding).argmax(-1) exactly, or None; greedy steps then skip the logits
-    decode_step: Callable | None = None  # (StepWeights, KVCache) -> a whole decode step of a
-    # few one-token sequences in one call (`decode_cpu.DecodeStep`), or None: layer by layer
+    argmax_index: Callable | None = None  # unembedding -> a `step.ArgmaxFinder` whose
+    # .argmax(h) is logits(h, unembedding).argmax(-1) exactly, or None; greedy steps then skip
+    # the logits
+    decode_step: Callable | None = None  # (StepWeights, KVCache) -> a `step.DecodeStepKernel`:
+    # a whole decode step of a few one-token sequences in one call, or None: layer by layer
 
     def rope_inputs(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype
                     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,13 +22,9 @@ from gptoss_serve.config import ModelConfig
 from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.formats.mxfp4 import BLOCK, BYTES_PER_BLOCK
 from gptoss_serve.formats.rope import Rotary
-from gptoss_serve.kernels.decode_cpu import LayerWeights, StepWeights
 from gptoss_serve.kernels.moe import DenseExperts, ExpertWeights
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
-
-if TYPE_CHECKING:
-    from gptoss_serve.kernels.decode_cpu import DecodeStep
-    from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
+from gptoss_serve.kernels.step import ArgmaxFinder, DecodeStepKernel, LayerWeights, StepWeights
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +177,7 @@ class GptOssModel(nn.Module):
         self._materialize(dtype, torch.device(device))
         self.rotary = Rotary(config, device)
         self._argmax, self._argmax_key = None, None  # see greedy_tokens
-        self._step: tuple[Callable, DecodeStep] | None = None  # see _one_call_step
+        self._step: tuple[Callable, DecodeStepKernel] | None = None  # see _one_call_step
         self.requires_grad_(False)
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -251,7 +246,7 @@ class GptOssModel(nn.Module):
             log.info("greedy screen: int8 copy of the unembedding, %.0f MiB",
                      index.nbytes() / (1 << 20))
 
-    def _argmax_index(self) -> ArgmaxIndex | None:
+    def _argmax_index(self) -> ArgmaxFinder | None:
         """The kernel set's argmax index of the unembedding, built on first use and again
         whenever the unembedding was written since (its tensor version moved). None for an
         inference tensor (no version to tell a write by)."""
