@@ -174,6 +174,9 @@ class AsyncEngine:
                 self.engine.add_request(request)
             except GptOssServeError as exc:
                 self._send(request.request_id, exc)
+            except Exception as exc:  # a request that cannot be admitted fails alone
+                log.warning("request %s refused at admission: %r", request.request_id, exc)
+                self._send(request.request_id, InvalidRequestError(f"request refused: {exc}"))
         for request_id in aborts:
             self.engine.abort(request_id)
 
