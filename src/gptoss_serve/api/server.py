@@ -116,6 +116,9 @@ def run_server(opts: ServeOptions) -> int:
     config = replace(opts.server, served_model_names=(name,))
     app = create_app(engine, config, get_tokenizer())
     log.info("serving %r on http://%s:%d/v1", name, config.host, config.port)
+    if config.api_key is not None:
+        open_to_all = " and /metrics" if config.public_metrics else ""
+        log.info("an API key is required on every route except /health%s", open_to_all)
     uv = uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
         timeout_graceful_shutdown=GRACE_SECONDS,
