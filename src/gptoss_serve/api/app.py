@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from gptoss_serve.api.chat import create_chat_completion, render_messages
 from gptoss_serve.api.completions import create_completion
-from gptoss_serve.api.context import ApiContext, check_token_ids
+from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
 from gptoss_serve.api.guard import Guard, error_response, open_paths
 from gptoss_serve.api.metrics import ServerMetrics
 from gptoss_serve.api.schemas import (
@@ -127,27 +127,16 @@ def _plain_router(ctx: ApiContext) -> APIRouter:
 
     @r.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
-        req = parse_body(TokenizeRequest, await request.body())
+        req = await off_loop(parse_body, TokenizeRequest, await request.body())
         ctx.check_model(req.model)
-        if req.messages is not None:
-            tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
-            ids = render_messages(ctx, req.messages, req.reasoning_effort, tools).token_ids
-        else:
-            ids = ctx.tokenizer.encode(req.prompt or "")
-        strs = [ctx.tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
-        return {
-            "count": len(ids),
-            "max_model_len": ctx.engine.max_model_len,
-            "tokens": list(ids),
-            "token_strs": strs,
-        }
+        return await off_loop(_tokenize, ctx, req)
 
     @r.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
-        req = parse_body(DetokenizeRequest, await request.body())
+        req = await off_loop(parse_body, DetokenizeRequest, await request.body())
         ctx.check_model(req.model)
         check_token_ids(req.tokens, ctx.tokenizer.vocab_size, "tokens")
-        return {"prompt": ctx.tokenizer.decode(req.tokens)}
+        return {"prompt": await off_loop(ctx.tokenizer.decode, req.tokens)}
 
     @r.get("/health")
     async def health() -> Response:
@@ -161,3 +150,19 @@ def _plain_router(ctx: ApiContext) -> APIRouter:
         return Response(ctx.metrics.render(), media_type=PROMETHEUS_TYPE)
 
     return r
+
+
+def _tokenize(ctx: ApiContext, req: TokenizeRequest) -> dict[str, Any]:
+    if req.messages is not None:
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+        ids = render_messages(ctx, req.messages, req.reasoning_effort, tools).token_ids
+    else:
+        ids = ctx.tokenizer.encode(req.prompt or "")
+    strs = [ctx.tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
+    return {
+        "count": len(ids),
+        "max_model_len": ctx.engine.max_model_len,
+        "tokens": list(ids),
+        "token_strs": strs,
+    }
+

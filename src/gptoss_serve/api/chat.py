@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gptoss_serve.api.choice import ChoiceState
-from gptoss_serve.api.context import ApiContext, new_id, sampling_params
+from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -69,11 +69,11 @@ def render_messages(
 
 
 async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
-    req = parse_body(ChatCompletionRequest, await request.body())
+    req = await off_loop(parse_body, ChatCompletionRequest, await request.body())
     ctx.check_model(req.model)
     check_supported(req)
     tools = offered_tools(req)
-    prompt = render_messages(ctx, req.messages, req.reasoning_effort, tools)
+    prompt = await off_loop(render_messages, ctx, req.messages, req.reasoning_effort, tools)
     n_prompt = len(prompt.token_ids)
     max_tokens = ctx.max_tokens_for(
         n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens

@@ -15,7 +15,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gptoss_serve.api.context import ApiContext, check_token_ids, new_id, sampling_params
+from gptoss_serve.api.context import (
+    ApiContext,
+    check_token_ids,
+    new_id,
+    off_loop,
+    sampling_params,
+)
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
 from gptoss_serve.api.stop_strings import StopStringMatcher
 from gptoss_serve.api.streaming import merge, prime, respond
@@ -102,10 +108,10 @@ class TextChoice:
 
 
 async def create_completion(ctx: ApiContext, request: Request) -> Response:
-    req = parse_body(CompletionRequest, await request.body())
+    req = await off_loop(parse_body, CompletionRequest, await request.body())
     ctx.check_model(req.model)
     check_supported(req)
-    prompts = prompt_ids(req, ctx.tokenizer)
+    prompts = await off_loop(prompt_ids, req, ctx.tokenizer)
     stop_ids = tuple(ctx.engine.model_config.eos_token_ids)
     engine_reqs = []
     for ids in prompts:

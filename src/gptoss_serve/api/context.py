@@ -8,10 +8,11 @@ response shapes or HTTP routing; sees the engine only through `generate`, `abort
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gptoss_serve.api.metrics import ServerMetrics
 from gptoss_serve.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -25,6 +26,14 @@ from gptoss_serve.errors import (
     OverloadedError,
 )
 from gptoss_serve.harmony.render import resolve_date
+
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread: parsing a big body or tokenizing a long prompt must not
+    stall the event loop (every other request, /health included, waits on it)."""
+    return await asyncio.to_thread(fn, *args)
 
 
 class Engine(Protocol):
