@@ -85,7 +85,6 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
         logprobs=req.engine_logprobs(),
         vocab_size=ctx.tokenizer.vocab_size,
     )
-    ctx.check_capacity()
     engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
     run = ChatRun(ctx, req, engine_req, declared_function_names(tools))
     return await respond(request, prime(ctx.generate(engine_req)), run, req.stream)

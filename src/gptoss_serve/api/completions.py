@@ -121,7 +121,6 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
             vocab_size=ctx.tokenizer.vocab_size,
         )
         engine_reqs.append(EngineRequest(new_id("cmpl"), tuple(ids), params))
-    ctx.check_capacity()
     run = CompletionRun(ctx, req, engine_reqs)
     return await respond(request, _start_all(ctx, engine_reqs), run, req.stream)
 

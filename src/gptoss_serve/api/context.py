@@ -65,6 +65,8 @@ class ApiContext:
             )
 
     def check_capacity(self) -> None:
+        """429 when --max-queue requests are admitted and not yet running. `generate` calls it
+        with no await before the engine registers the request, so a burst cannot slip past."""
         waiting = self.engine.stats().num_waiting_requests
         if waiting >= self.config.max_queue:
             raise OverloadedError(
@@ -95,7 +97,9 @@ class ApiContext:
 
     # ---- generation --------------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
-        """engine.generate with metrics; the engine request is aborted if iteration stops early."""
+        """engine.generate with metrics and the queue limit; the engine request is aborted if
+        iteration stops early."""
+        self.check_capacity()
         timer = self.metrics.timer(len(request.prompt_token_ids))
         remaining = set(range(request.sampling_params.n))
         reason = "abort"
