@@ -25,7 +25,11 @@ def _add_make_checkpoint(sub: argparse._SubParsersAction) -> None:
 def _run_make_checkpoint(args: argparse.Namespace) -> int:
     from gptoss_serve.model.synthetic import write_checkpoint
 
-    write_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
+    try:
+        write_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"make-checkpoint: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.preset} checkpoint to {args.out_dir}")
     return 0
 

@@ -150,5 +150,6 @@ def test_cli_flags_reach_the_engine_and_the_startup_log(checkpoint, monkeypatch)
     llm = engine(checkpoint, "reference")
     lines = server.describe(SimpleNamespace(engine=llm.engine, max_model_len=4096), "m", False)
     text = "\n".join(lines)
-    assert "plain-torch reference" in text and "sequence(s) of 131072 tokens" in text
+    assert "plain-torch reference" in text and "full context (4096 tokens)" in text
+    assert f"at most {llm.engine.scheduler.config.max_num_seqs} (--max-num-seqs)" in text
     assert "decode step: eager (CUDA graphs need CUDA, device is cpu)" in text
