@@ -75,8 +75,10 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     tools = offered_tools(req)
     prompt = await off_loop(render_messages, ctx, req.messages, req.reasoning_effort, tools)
     n_prompt = len(prompt.token_ids)
+    cap_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     max_tokens = ctx.max_tokens_for(
-        n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens
+        n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens,
+        requested_param=cap_param,
     )
     params = sampling_params(
         req,

@@ -114,8 +114,9 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
     prompts = await off_loop(prompt_ids, req, ctx.tokenizer)
     stop_ids = tuple(ctx.engine.model_config.eos_token_ids)
     engine_reqs = []
-    for ids in prompts:
-        max_tokens = ctx.max_tokens_for(len(ids), req.max_tokens, req.max_tokens)
+    sent = req.max_tokens if "max_tokens" in req.model_fields_set else None
+    for ids in prompts:  # like chat's, the default (16) is lowered to what fits
+        max_tokens = ctx.max_tokens_for(len(ids), sent, req.max_tokens, prompt_param="prompt")
         params = sampling_params(
             req, max_tokens=max_tokens, stop_token_ids=stop_ids, logprobs=req.logprobs,
             vocab_size=ctx.tokenizer.vocab_size,

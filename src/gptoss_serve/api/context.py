@@ -74,9 +74,13 @@ class ApiContext:
                 f"{self.config.max_queue}); retry later."
             )
 
-    def max_tokens_for(self, prompt_len: int, requested: int | None, default: int) -> int:
+    def max_tokens_for(self, prompt_len: int, requested: int | None, default: int, *,
+                       requested_param: str = "max_tokens",
+                       prompt_param: str = "messages") -> int:
         """The generation cap: the request's own (checked against the context) or the default
-        trimmed to the room left. Never truncates the prompt: too long is a 400 with the numbers.
+        trimmed to the room left. Never truncates the prompt: too long is a 400 with the numbers,
+        naming the field the client sent (`requested_param`) or, when the prompt alone does not
+        fit or no cap was sent, the prompt (`prompt_param`).
         """
         limit = self.engine.max_model_len
         want = requested if requested is not None else default
@@ -84,13 +88,16 @@ class ApiContext:
             return want
         if requested is None and prompt_len < limit:
             return limit - prompt_len
-        raise ContextLengthError(
-            f"This model's maximum context length is {limit} tokens; the prompt has "
-            f"{prompt_len} tokens and max_tokens is {want} ({prompt_len + want} in total).",
-            prompt_tokens=prompt_len,
-            limit=limit,
-            param="max_tokens" if requested is not None else "messages",
-        )
+        if requested is None or prompt_len >= limit:
+            message = (f"This model's maximum context length is {limit} tokens; the prompt has "
+                       f"{prompt_len} tokens, which leaves no room for a generated token.")
+            param = prompt_param
+        else:
+            message = (f"This model's maximum context length is {limit} tokens; the prompt has "
+                       f"{prompt_len} tokens and {requested_param} is {want} "
+                       f"({prompt_len + want} in total).")
+            param = requested_param
+        raise ContextLengthError(message, prompt_tokens=prompt_len, limit=limit, param=param)
 
     def current_date(self) -> str | None:
         return resolve_date(self.config.current_date)
