@@ -24,7 +24,10 @@ from gptoss_serve.api.completions import create_completion
 from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
 from gptoss_serve.api.guard import Guard, error_response, open_paths
 from gptoss_serve.api.metrics import ServerMetrics
+from gptoss_serve.api.openapi import install, request_body
 from gptoss_serve.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
     parse_body,
@@ -47,6 +50,7 @@ def create_app(engine: Any, config: ServerConfig, tokenizer: Any) -> FastAPI:
                        public_paths=open_paths(config.public_metrics))
     app.include_router(_v1_router(ctx))
     app.include_router(_plain_router(ctx))
+    install(app)
     return app
 
 
@@ -85,11 +89,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _v1_router(ctx: ApiContext) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
-    @r.post("/chat/completions")
+    @r.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat(request: Request) -> Response:
         return await create_chat_completion(ctx, request)
 
-    @r.post("/completions")
+    @r.post("/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await create_completion(ctx, request)
 
@@ -125,13 +129,13 @@ _STARTED = int(time.time())
 def _plain_router(ctx: ApiContext) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/tokenize")
+    @r.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
     async def tokenize(request: Request) -> dict[str, Any]:
         req = await off_loop(parse_body, TokenizeRequest, await request.body())
         ctx.check_model(req.model)
         return await off_loop(_tokenize, ctx, req)
 
-    @r.post("/detokenize")
+    @r.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
     async def detokenize(request: Request) -> dict[str, Any]:
         req = await off_loop(parse_body, DetokenizeRequest, await request.body())
         ctx.check_model(req.model)
