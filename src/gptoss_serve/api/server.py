@@ -59,8 +59,7 @@ def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
     fit = sequences_fitting(plan, max_len, block)
     short = f", {sequences_fitting(plan, 8192, block)} of 8192 tokens" if max_len > 8192 else ""
     return lines + [
-        f"dtype: {runner.model.dtype}, device: {runner.device}",
-        f"kernels: {runner.model.kernels.description}",
+        f"dtype: {runner.model.dtype}, device: {runner.device}",  # the loader logs the kernels
         f"KV cache: {plan.num_full_blocks} full-attention blocks, {plan.num_sliding_blocks} "
         f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB)",
         f"KV capacity: {fit} sequence(s) of the full context ({max_len} tokens){short}; "

@@ -248,7 +248,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
     dt = resolve_dtype(dtype, dev)
     if isinstance(kernels, str):
         kernels = choose_kernels(dev, dt, kernels)
-    log.debug("kernels: %s", kernels.description)  # the server's summary says it once
+    log.info("kernels: %s", kernels.description)
     if dev.type == "cuda":
         check_fits(model_bytes(config, dt), torch.cuda.mem_get_info(dev)[0], dev)
     model = GptOssModel(config, dt, dev, kernels)
