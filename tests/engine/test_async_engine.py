@@ -148,6 +148,20 @@ def test_cpu_loading_runs_in_a_passing_thread(monkeypatch):
                                              kernels="broken")
 
 
+def _bad_then_good(engine: AsyncEngine, bad: EngineRequest, match: str | None = None) -> None:
+    """`bad` fails with a 400 alone: a good request after it runs, the engine stays alive."""
+    async def main():
+        with pytest.raises(InvalidRequestError, match=match):
+            await collect(engine, bad)
+        good = await collect(engine, request("good", range(5)))
+        dead = engine.is_dead
+        await engine.shutdown()
+        return good, dead
+
+    good, dead = asyncio.run(main())
+    assert good == reference(list(range(5)), 12) and not dead
+
+
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=1.0, top_k=10**309, top_p=0.5, max_tokens=4),
     SamplingParams(temperature=1.0, logit_bias=((3, 1e300),), max_tokens=4),
@@ -155,36 +169,17 @@ def test_cpu_loading_runs_in_a_passing_thread(monkeypatch):
 ])
 def test_sampling_params_the_sampler_cannot_hold_fail_that_request_alone(params):
     """One request with top_k = 10**309 used to kill the engine loop for good (issue 14.1)."""
-    async def main():
-        engine = AsyncEngine(make_llm().engine)
-        with pytest.raises(InvalidRequestError):
-            await collect(engine, request("bad", range(5), params))
-        good = await collect(engine, request("good", range(5)))
-        dead = engine.is_dead
-        await engine.shutdown()
-        return good, dead
-
-    good, dead = asyncio.run(main())
-    assert good == reference(list(range(5)), 12) and not dead
+    _bad_then_good(AsyncEngine(make_llm().engine), request("bad", range(5), params))
 
 
 def test_any_error_adding_a_request_fails_that_request_alone():
-    async def main():
-        engine = AsyncEngine(make_llm().engine)
-        add = engine.engine.scheduler.add_request
+    engine = AsyncEngine(make_llm().engine)
+    add = engine.engine.scheduler.add_request
 
-        def picky(req):
-            if req.request_id == "bad":
-                raise RuntimeError("cannot prepare")
-            add(req)
+    def picky(req):
+        if req.request_id == "bad":
+            raise RuntimeError("cannot prepare")
+        add(req)
 
-        engine.engine.scheduler.add_request = picky
-        with pytest.raises(InvalidRequestError, match="cannot prepare"):
-            await collect(engine, request("bad", range(5)))
-        good = await collect(engine, request("good", range(5)))
-        dead = engine.is_dead
-        await engine.shutdown()
-        return good, dead
-
-    good, dead = asyncio.run(main())
-    assert good == reference(list(range(5)), 12) and not dead
+    engine.engine.scheduler.add_request = picky
+    _bad_then_good(engine, request("bad", range(5)), match="cannot prepare")
