@@ -25,7 +25,11 @@ def _add_make_checkpoint(sub: argparse._SubParsersAction) -> None:
 def _run_make_checkpoint(args: argparse.Namespace) -> int:
     from gptoss_serve.model.synthetic import write_checkpoint
 
-    write_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
+    try:
+        write_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"make-checkpoint: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.preset} checkpoint to {args.out_dir}")
     return 0
 
@@ -59,7 +63,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
       "shared with other work, fewer threads than cores avoid waiting for busy cores")
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
-    a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
+    a("--max-queue", type=int, default=1024,
+      help="requests admitted and not yet started before new ones get a 429")
+    a("--max-body-mib", type=float, default=16.0, help="larger request bodies get a 413")
+    a("--public-metrics", action="store_true",
+      help="serve /metrics without the API key (every other route but /health needs it)")
     p.set_defaults(func=_run_serve)
 
 
@@ -98,6 +106,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("GPTOSS_API_KEY") or None,
         current_date=_current_date(args.current_date),
         reasoning_content_alias=not args.no_reasoning_content_alias, max_queue=args.max_queue,
+        max_body_bytes=int(args.max_body_mib * (1 << 20)), public_metrics=args.public_metrics,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,
