@@ -8,6 +8,7 @@ per-choice mapping (reasoning, content, tool calls, stop strings) is `api/choice
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -98,7 +99,6 @@ class ChatRun:
     def __init__(self, ctx: ApiContext, req: ChatCompletionRequest, engine_req: EngineRequest,
                  names: list[str]):
         self.id = engine_req.request_id
-        self._engine = ctx.engine
         self.created = int(time.time())
         self.model = req.model
         self.req = req
@@ -116,14 +116,12 @@ class ChatRun:
             for i in range(req.n)
         ]
 
-    def abort(self) -> None:
-        self._engine.abort(self.id)
-
     async def _steps(
         self, outputs: AsyncGenerator[StepOutput, None]
     ) -> AsyncIterator[tuple[ChoiceState, list[dict[str, Any]]]]:
-        """(choice, its new deltas) per engine output until every choice is done."""
-        try:
+        """(choice, its new deltas) per engine output until every choice is done. Closes
+        `outputs` however it ends (which aborts the engine request if choices ended early)."""
+        async with contextlib.aclosing(outputs):
             async for out in outputs:
                 self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
                 state = self.choices[out.index]
@@ -131,16 +129,15 @@ class ChatRun:
                     yield state, state.consume(out)
                 if all(c.done for c in self.choices):
                     break
-        finally:
-            await outputs.aclose()  # aborts the engine request if choices ended early
         for state in self.choices:  # the engine ended without a finish (should not happen)
             if not state.done:
                 yield state, state.finish(None)
 
     # ---- non-streaming -----------------------------------------------------------------------
     async def collect(self, outputs: AsyncGenerator[StepOutput, None]) -> dict[str, Any]:
-        async for _ in self._steps(outputs):
-            pass
+        async with contextlib.aclosing(self._steps(outputs)) as steps:
+            async for _ in steps:
+                pass
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -173,13 +170,14 @@ class ChatRun:
 
     # ---- streaming ---------------------------------------------------------------------------
     async def chunks(self, outputs: AsyncGenerator[StepOutput, None]) -> AsyncIterator[dict]:
-        for c in self.choices:
-            yield self._chunk(c.index, {"role": "assistant", "content": ""})
-        async for state, deltas in self._steps(outputs):
-            for delta in deltas:
-                yield self._chunk(state.index, delta, state.take_logprobs())
-            if state.done:
-                yield self._chunk(state.index, {}, state.take_logprobs(), state.finish_reason)
+        async with contextlib.aclosing(outputs), contextlib.aclosing(self._steps(outputs)) as steps:
+            for c in self.choices:
+                yield self._chunk(c.index, {"role": "assistant", "content": ""})
+            async for state, deltas in steps:
+                for delta in deltas:
+                    yield self._chunk(state.index, delta, state.take_logprobs())
+                if state.done:
+                    yield self._chunk(state.index, {}, state.take_logprobs(), state.finish_reason)
         if self.req.include_usage():
             yield {**self._envelope(), "choices": [], "usage": self.usage()}
 

@@ -8,6 +8,7 @@ insides.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -170,36 +171,34 @@ class CompletionRun:
     def _echo(self, r: EngineRequest) -> str:
         return self.ctx.tokenizer.decode(r.prompt_token_ids) if self.req.echo else ""
 
-    def abort(self) -> None:
-        for r in self.engine_reqs:
-            self.ctx.engine.abort(r.request_id)
-
     async def _steps(
         self, outputs: AsyncGenerator[tuple[int, StepOutput], None]
     ) -> AsyncIterator[tuple[TextChoice, str]]:
-        try:
+        """(choice, its new text) per engine output until every choice is done. Closes
+        `outputs` however it ends (which aborts engine requests not finished)."""
+        async with contextlib.aclosing(outputs):
             async for p, out in outputs:
                 choice = self.choices[p * self.req.n + out.index]
                 if choice.finish_reason is None:
                     yield choice, choice.consume(out)
                 if all(c.finish_reason is not None for c in self.choices):
                     break
-        finally:
-            await outputs.aclose()
 
     async def collect(self, outputs: AsyncGenerator[tuple[int, StepOutput], None]) -> dict:
-        async for _ in self._steps(outputs):
-            pass
+        async with contextlib.aclosing(self._steps(outputs)) as steps:
+            async for _ in steps:
+                pass
         choices = [self._choice(c, c.text, c.logprobs, c.finish_reason) for c in self.choices]
         return {**self._envelope(), "choices": choices, "usage": self.usage()}
 
     async def chunks(self, outputs: AsyncGenerator[tuple[int, StepOutput], None]) -> AsyncIterator:
         sent = {c.index: 0 for c in self.choices}
-        for c in self.choices:
-            if c.text:  # echo
-                yield self._chunk(c, c.text, sent)
-        async for c, text in self._steps(outputs):
-            yield self._chunk(c, text, sent)
+        async with contextlib.aclosing(outputs), contextlib.aclosing(self._steps(outputs)) as steps:
+            for c in self.choices:
+                if c.text:  # echo
+                    yield self._chunk(c, c.text, sent)
+            async for c, text in steps:
+                yield self._chunk(c, text, sent)
         if self.req.include_usage():
             yield {**self._envelope(), "choices": [], "usage": self.usage()}
 
