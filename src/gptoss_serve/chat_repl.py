@@ -75,17 +75,19 @@ class ChatSession:
                 reason = step.finish_reason or reason
         printer.show(mapper.flush())
         printer.end(mapper.finish(reason))
-        answer = mapper.content or ""
+        answer = "".join(printer.answer)
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 
 
 class _Printer:
-    """Prints deltas as they come: reasoning lines marked (when shown), then the answer."""
+    """Prints deltas as they come: reasoning lines marked (when shown), then the answer; keeps
+    the answer's text (the turn's one copy, for the history)."""
 
     def __init__(self, out: TextIO, show_reasoning: bool):
         self.out, self.show_reasoning = out, show_reasoning
         self.in_reasoning = False
+        self.answer: list[str] = []
 
     def show(self, deltas: Iterable[ChatDelta]) -> None:
         for d in deltas:
@@ -99,6 +101,7 @@ class _Printer:
                     self.out.write("\n")
                     self.in_reasoning = False
                 self.out.write(d.content)
+                self.answer.append(d.content)
             for call in d.tool_calls:
                 self.out.write(f"[tool call {call.name or ''}] {call.arguments}")
         self.out.flush()
