@@ -124,11 +124,22 @@ class PaddedDecode:
                 and all(len(s.token_ids) == 1 and s.sample
                         and len(s.full_blocks) <= self.buffers.max_blocks for s in slices))
 
+    def accepts_batch(self, host: ForwardBatch) -> bool:
+        """`accepts` for a step already built on the host (the runner's persistent batch)."""
+        n = host.num_seqs
+        return (0 < n <= self.buffers.max_batch and host.logits_indices.shape[0] == n
+                and all(q == 1 for q in host.query_lens_cpu)
+                and host.full.block_tables.shape[1] <= self.buffers.max_blocks)
+
     def run(self, slices: Sequence[SeqSlice]) -> torch.Tensor:
         """Float32 logits [n, V] of the n sequences (a view: consume before the next step)."""
-        n = len(slices)
+        return self.run_batch(ForwardBatch.build(slices, self.buffers.block_size, "cpu"))
+
+    def run_batch(self, host: ForwardBatch) -> torch.Tensor:
+        """`run` for a decode step built on the host (see `accepts_batch`)."""
+        n = host.num_seqs
         padded = self.graphs.padded_size(n) or n
-        self.buffers.load(ForwardBatch.build(slices, self.buffers.block_size, "cpu"), padded)
+        self.buffers.load(host, padded)
         self.steps += 1
         self.padding_rows += padded - n
         if self.graphs.enabled and self.graphs.graphs:
