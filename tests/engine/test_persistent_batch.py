@@ -17,7 +17,7 @@ from test_scheduler_property import PREFIXES, request_st
 
 from gptoss_serve.engine.block_manager import BlockManager
 from gptoss_serve.engine.forward_batch import ForwardBatch, SeqSlice
-from gptoss_serve.engine.persistent_batch import PersistentBatch, _Stager
+from gptoss_serve.engine.persistent_batch import PersistentBatch, Stager
 from gptoss_serve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from gptoss_serve.engine.sequence import RequestGroup, Sequence
 from gptoss_serve.errors import ContextLengthError
@@ -164,7 +164,7 @@ def test_staged_copy_equals_the_host_batch():
         engine.add_request(req(f"r{i}", range(i, i + 9), max_tokens=4, ignore_eos=True))
     out = engine.scheduler.schedule()  # a mixed step: prefill chunks of different lengths
     host = PersistentBatch(BS, "cpu").host_batch(out.scheduled)
-    stager = _Stager(torch.device("cpu"))
+    stager = Stager(torch.device("cpu"))
     sent = stager.to_device(host)
     assert_same(sent, fresh(out.scheduled))
     again = stager.to_device(PersistentBatch(BS, "cpu").host_batch(out.scheduled[:1]))

@@ -58,7 +58,7 @@ class PersistentBatch:
         self._slide_ref: list[list[int] | None] = []
         self._known: list[int] = []  # table entries copied into the row
         self._trimmed: list[int] = []  # leading sliding entries known to be -1
-        self._stage = _Stager(self.device) if self.device.type != "cpu" else None
+        self._stage = Stager(self.device) if self.device.type != "cpu" else None
         self.rows_written = 0  # rows (re)written whole, for tests and stats
         self.reorders = 0  # steps whose batch order differed from the previous step's
 
@@ -179,8 +179,8 @@ class PersistentBatch:
         )
 
 
-class _Stager:
-    """Host batch -> device batch through one pinned buffer per dtype and one copy each."""
+class Stager:
+    """Host tensors -> device through one pinned buffer per dtype and one copy each."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -189,25 +189,32 @@ class _Stager:
         self._done: object | None = None  # event of the last copy out of the buffers
 
     def to_device(self, host: ForwardBatch) -> ForwardBatch:
-        if self._done is not None:  # the last step's copies must have left the buffers
-            self._done.synchronize()  # type: ignore[attr-defined]
-        i64 = [host.input_ids, host.positions, host.full.slot_mapping,
-               host.sliding.slot_mapping, host.logits_indices]
-        i32 = [host.query_start_loc, host.seq_lens, host.full.block_tables,
-               host.sliding.block_tables]
-        a, b, c, d, e = self._send(i64, torch.int64)
-        f, g, h, k = self._send(i32, torch.int32)
-        if self.pin:
-            self._done = torch.cuda.Event()
-            self._done.record()  # type: ignore[attr-defined]
+        """The whole batch on the device (host lists shared)."""
+        (a, b, c, d, e), (f, g, h, k) = self.send(
+            [host.input_ids, host.positions, host.full.slot_mapping, host.sliding.slot_mapping,
+             host.logits_indices],
+            [host.query_start_loc, host.seq_lens, host.full.block_tables,
+             host.sliding.block_tables])
         return ForwardBatch(
             input_ids=a, positions=b, query_start_loc=f, seq_lens=g,
             full=PoolView(h, c), sliding=PoolView(k, d), logits_indices=e,
             block_size=host.block_size, query_lens_cpu=host.query_lens_cpu,
             seq_lens_cpu=host.seq_lens_cpu)
 
-    def _send(self, parts: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-        """Copy `parts` (host tensors of `dtype`) to the device in one transfer; device views."""
+    def send(self, *groups: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Each group (host tensors of one dtype) in one transfer; device views, same shapes.
+        The device tensors are fresh each call; the pinned buffers are reused once the last
+        call's copies have left them."""
+        if self._done is not None:
+            self._done.synchronize()  # type: ignore[attr-defined]
+        out = [self._send(parts) for parts in groups]
+        if self.pin:
+            self._done = torch.cuda.Event()
+            self._done.record()  # type: ignore[attr-defined]
+        return out
+
+    def _send(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        dtype = parts[0].dtype
         sizes = [p.numel() for p in parts]
         total = sum(sizes)
         buf = self._buffers.get(dtype)
@@ -222,8 +229,8 @@ class _Stager:
         dev = buf[:total].to(self.device, non_blocking=self.pin)
         if dev.data_ptr() == buf.data_ptr():  # same memory (a CPU "device"): detach from it
             dev = dev.clone()
-        out, at = [], 0
+        views, at = [], 0
         for p, n in zip(parts, sizes, strict=True):
-            out.append(dev[at:at + n].view(p.shape))
+            views.append(dev[at:at + n].view(p.shape))
             at += n
-        return out
+        return views
