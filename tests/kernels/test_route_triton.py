@@ -66,6 +66,18 @@ def test_equal_logits_take_the_lower_id_first():
     torch.testing.assert_close(weights.cpu(), p[None, :])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract")  # inf - inf
+def test_nan_logits_still_pick_real_experts():
+    """A NaN router output must not become an out-of-range expert id (the MoE kernels would
+    read outside the weights); like topk, NaN counts as the largest logit."""
+    x = torch.ones(2, 8, device=DEV)
+    w = torch.zeros(6, 8, device=DEV)
+    b = torch.tensor([0.0, float("nan"), 1.0, 3.0, 2.0, float("nan")], device=DEV)
+    ids, _ = route_triton(x, w, b, 4)
+    assert torch.equal(ids, route(x, w, b, 4)[0])
+    assert ids.tolist() == [[1, 5, 3, 4]] * 2
+
+
 def test_zero_tokens_and_bad_arguments():
     _, x, w, b = inputs(2, 64, 8)
     ids, weights = route_triton(x[:0], w, b, 4)

@@ -4,7 +4,8 @@
 each is a tiny kernel, and the launches cost more than the work. Here one program per token
 computes every expert's logit (float32 accumulation over the hidden dimension, bias added,
 then rounded to the activations' dtype as the reference's `linear` output is), picks the k
-largest by repeated max (the lowest expert id first on equal logits) and writes their ids and
+largest by repeated max (the lowest expert id first on equal logits; a NaN logit counts as
+the largest, so every id is a real expert) and writes their ids and
 the softmax over the k (float32). Same contract as `moe.route`: ids [T, k] int64 in descending
 logit order, weights [T, k] float32. Knows nothing of the model; `moe_triton` decides when to
 use it.
@@ -39,7 +40,8 @@ def _route_kernel(x_ptr, w_ptr, b_ptr, ids_ptr, wt_ptr, n_in, n_exp, s_x, s_w,
         logit = bits.to(tl.float32, bitcast=True)
     else:
         logit = logit.to(x_ptr.dtype.element_ty).to(tl.float32)  # what linear() would return
-    logit = tl.where(e_ok, logit, float("-inf"))
+    logit = tl.where(logit != logit, float("inf"), logit)  # NaN counts as largest, as in topk:
+    logit = tl.where(e_ok, logit, float("-inf"))  # every pick stays a real expert id
     slots = tl.arange(0, KP)
     vals = tl.full([KP], float("-inf"), dtype=tl.float32)
     idx = tl.zeros([KP], dtype=tl.int32)
