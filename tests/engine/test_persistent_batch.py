@@ -10,12 +10,9 @@ import contextlib
 import dataclasses
 
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_scheduler import BS, WINDOW, req, scripted_engine
-from test_scheduler_property import PREFIXES, request_st
+from test_scheduler import BS, req, scripted_engine
+from test_scheduler_property import PREFIXES, few_examples, random_workloads, sliding_blocks
 
-from gptoss_serve.engine.block_manager import BlockManager
 from gptoss_serve.engine.forward_batch import ForwardBatch, SeqSlice
 from gptoss_serve.engine.persistent_batch import PersistentBatch, Stager
 from gptoss_serve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -71,13 +68,11 @@ def checked_engine(**kw):
     return engine
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workload=st.lists(request_st, min_size=1, max_size=8),
-       full=st.integers(6, 40), budget=st.integers(4, 24), max_seqs=st.integers(1, 6),
-       caching=st.booleans())
+@few_examples
+@random_workloads
 def test_every_step_equals_the_fresh_build(workload, full, budget, max_seqs, caching):
-    slide = BlockManager(full, 0, BS, WINDOW).max_sliding_blocks_per_seq(budget) + 2
-    engine = checked_engine(full=full, slide=slide, budget=budget, max_seqs=max_seqs)
+    engine = checked_engine(full=full, slide=sliding_blocks(full, budget), budget=budget,
+                            max_seqs=max_seqs)
     engine.scheduler.enable_prefix_caching = caching
     step = 0
     while step <= 7 or engine.has_unfinished():
