@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import pytest
 import torch
 from test_scheduler import BS, req, scripted_engine
 from test_scheduler_property import PREFIXES, few_examples, random_workloads, sliding_blocks
@@ -48,10 +49,14 @@ class CheckingRunner:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.batch = PersistentBatch(BS, "cpu", rows=1, blocks=1)  # tiny: the arrays must grow
+        # the same with tables kept on the "device" too (changed rows only), as off the CPU
+        self.on_device = PersistentBatch(BS, "cpu", rows=1, blocks=1, device_tables=True)
         self.kinds: set[str] = set()
 
     def execute(self, out: SchedulerOutput):
-        assert_same(self.batch.host_batch(out.scheduled), fresh(out.scheduled))
+        want = fresh(out.scheduled)
+        assert_same(self.batch.host_batch(out.scheduled), want)
+        assert_same(self.on_device.to_device(self.on_device.host_batch(out.scheduled)), want)
         for s in out.scheduled:
             decode = s.num_new_tokens == 1 and s.start_pos >= s.seq.num_prompt_tokens
             self.kinds.add("decode" if decode else "chunk" if not s.sample else "prefill")
@@ -123,11 +128,12 @@ def _seq(tokens: list[int], full: list[int], sliding: list[int], trimmed: int) -
                     num_trimmed_blocks=trimmed)
 
 
-def test_replaced_tables_reset_the_row():
+@pytest.mark.parametrize("device_tables", [False, True])
+def test_replaced_tables_reset_the_row(device_tables):
     """A sequence freed and given new blocks (preemption, then a prefix hit) between two
     steps of the runner: same object, same length, other ids."""
     seq = _seq(list(range(10)), [3, 4, 5], [-1, 4, 5], 1)
-    pb = PersistentBatch(BS, "cpu")
+    pb = PersistentBatch(BS, "cpu", device_tables=device_tables)
     step = [ScheduledSeq(seq, 9, 1, True)]
     assert_same(pb.host_batch(step), fresh(step))
     seq.full_blocks, seq.sliding_blocks = [7, 8, 9], [-1, 8, 9]
@@ -151,6 +157,43 @@ def test_the_batch_does_not_alias_the_kept_tables():
     pb.host_batch([ScheduledSeq(seq, 6, 1, True)])
     assert first.full.block_tables.tolist() == [[3, 4]]
     assert first.sliding.block_tables.tolist() == [[3, 4]]
+
+
+def test_device_tables_get_only_the_changed_rows():
+    """After the first steps, steady decode sends the device only the table rows that gained
+    a block or lost a sliding one, not the whole tables."""
+    engine = checked_engine(full=64, budget=32, max_seqs=4)
+    for i in range(4):
+        engine.add_request(req(f"r{i}", range(i, i + 5), max_tokens=30, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    pb = engine.runner.on_device
+    before = pb.rows_sent
+    for _ in range(12):
+        engine.step()
+    # 4 rows, a new block every BS=4 tokens and a trim as often: at most 2 changes per row
+    # per 4 steps, 24 rows in 12 steps, where whole tables would be 48
+    assert 0 < pb.rows_sent - before <= 24
+
+
+def test_static_buffers_load_alike_from_host_and_device_tables():
+    from gptoss_serve.engine.static_decode import StaticDecodeBuffers
+
+    engine = checked_engine(full=64, budget=32, max_seqs=3)
+    for i in range(3):
+        engine.add_request(req(f"r{i}", range(i, i + 6), max_tokens=9, ignore_eos=True))
+    engine.step()
+    out = engine.scheduler.schedule()  # a decode step of 3 rows
+    loaded = []
+    for device_tables in (False, True):
+        bufs = StaticDecodeBuffers(4, 8, BS, torch.device("cpu"))
+        pb = PersistentBatch(BS, "cpu", device_tables=device_tables)
+        bufs.load(pb.host_batch(out.scheduled), 4)
+        loaded.append([bufs.input_ids, bufs.positions, bufs.seq_lens, *bufs.slots.values(),
+                       *bufs.tables.values()])
+    for a, b in zip(*loaded, strict=True):
+        assert torch.equal(a, b)
+    assert loaded[1][-2][3].tolist() == [0] + [-1] * 7  # the padding row
 
 
 def test_staged_copy_equals_the_host_batch():

@@ -15,9 +15,11 @@ the same `full_blocks`/`sliding_blocks` list objects, the full table only grows 
 sliding entry only changes to -1, below `num_trimmed_blocks`; freeing a sequence (finish,
 preemption) or taking prefix hits gives it new list objects, which resets its row here.
 
-On a non-CPU device the step's tensors are packed into one pinned staging buffer per dtype and
-sent with one asynchronous copy each, so building a batch never waits for the device (the step's
-one host sync is the sampler's).
+On a non-CPU device the tables are also kept there: a step sends only the rows changed since
+the last one (plus the index of a reorder, replayed there as one gather), and the batch's tables
+are views of the device tables (valid until the next step). The step's other tensors are packed
+into one pinned staging buffer per dtype and sent with one asynchronous copy each, so building a
+batch never waits for the device (the step's one host sync is the sampler's).
 
 Owns the host arrays, their update and the copy to the device; knows nothing of scheduling
 policy, the model or sampling.
@@ -48,9 +50,16 @@ class PersistentBatch:
     """Block tables of the running sequences, one row each, kept between steps."""
 
     def __init__(self, block_size: int, device: torch.device | str, *, rows: int = 8,
-                 blocks: int = 16) -> None:
+                 blocks: int = 16, device_tables: bool | None = None) -> None:
         self.block_size = block_size
         self.device = torch.device(device)
+        # off the CPU the tables also live on the device and receive only the changed rows
+        # (`device_tables=True` does the same on the CPU, for the tests)
+        self.device_tables = self.device.type != "cpu" if device_tables is None \
+            else device_tables
+        self._dev: tuple[torch.Tensor, torch.Tensor] | None = None  # device full, sliding
+        self._dirty: set[int] = set()  # rows changed on the host since the device saw them
+        self._moved: list[int] | None = None  # the gather of a reorder the device has not seen
         self._full = np.full((rows, blocks), -1, dtype=np.int32)
         self._slide = np.full((rows, blocks), -1, dtype=np.int32)
         self._seqs: list[Sequence] = []  # row -> the sequence it mirrors
@@ -58,9 +67,13 @@ class PersistentBatch:
         self._slide_ref: list[list[int] | None] = []
         self._known: list[int] = []  # table entries copied into the row
         self._trimmed: list[int] = []  # leading sliding entries known to be -1
-        self._stage = Stager(self.device) if self.device.type != "cpu" else None
+        self._stage = Stager(self.device) if self.device.type != "cpu" or self.device_tables \
+            else None
+        # the tables' own buffers: sending them never waits for the inputs' copy, nor back
+        self._table_stage = Stager(self.device) if self.device_tables else None
         self.rows_written = 0  # rows (re)written whole, for tests and stats
         self.reorders = 0  # steps whose batch order differed from the previous step's
+        self.rows_sent = 0  # table rows sent to the device tables (whole uploads count all)
 
     # ---- host side -----------------------------------------------------------------------------
     def host_batch(self, scheduled: Seq[Scheduled]) -> ForwardBatch:
@@ -85,6 +98,7 @@ class PersistentBatch:
             if t > trimmed[i]:
                 self._slide[i, trimmed[i]:t] = -1
                 trimmed[i] = t
+                self._dirty.add(i)
             start, q = s.start_pos, s.num_new_tokens
             if q == 1:
                 ids.append(seq.token_ids[start])
@@ -110,6 +124,8 @@ class PersistentBatch:
             idx = np.array(src, dtype=np.int64)
             for table in (self._full, self._slide):
                 table[:len(seqs)] = table[idx]  # rows with src -1 are reset below
+        if self.device_tables:
+            self._moved = src
         self._seqs = list(seqs)
         self._full_ref = [self._full_ref[r] if r >= 0 else None for r in src]
         self._slide_ref = [self._slide_ref[r] if r >= 0 else None for r in src]
@@ -118,6 +134,7 @@ class PersistentBatch:
 
     def _reset_row(self, i: int, seq: Sequence) -> None:
         self.rows_written += 1
+        self._dirty.add(i)
         self._full[i] = -1
         self._slide[i] = -1
         self._full_ref[i] = seq.full_blocks
@@ -131,6 +148,7 @@ class PersistentBatch:
         self._full[i, k:n] = seq.full_blocks[k:n]
         self._slide[i, k:n] = seq.sliding_blocks[k:n]
         self._known[i] = n
+        self._dirty.add(i)
 
     def _grow(self, *, rows: int = 0, blocks: int = 0) -> None:
         r = max(rows, self._full.shape[0])
@@ -161,22 +179,49 @@ class PersistentBatch:
         def slots(table: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(table[row, blk].astype(np.int64) * bs + off)
 
-        def table(t: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(t[:b, :width].copy())
-
+        if self.device_tables:
+            full_table, slide_table = (t[:b, :width] for t in self._sync_tables(b))
+        else:  # copies: the arrays change under the next step
+            full_table, slide_table = (torch.from_numpy(t[:b, :width].copy())
+                                       for t in (self._full, self._slide))
         sampled = np.array(samples, dtype=bool) & (ql > 0)
         return ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.int64),
             positions=torch.from_numpy(pos),
             query_start_loc=torch.from_numpy(qsl.astype(np.int32)),
             seq_lens=torch.from_numpy(seq_lens.astype(np.int32)),
-            full=PoolView(table(self._full), slots(self._full)),
-            sliding=PoolView(table(self._slide), slots(self._slide)),
+            full=PoolView(full_table, slots(self._full)),
+            sliding=PoolView(slide_table, slots(self._slide)),
             logits_indices=torch.from_numpy(qsl[1:][sampled] - 1),
             block_size=bs,
             query_lens_cpu=qlens,
             seq_lens_cpu=seq_lens.tolist(),
         )
+
+    def _sync_tables(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device tables brought up to date: the last reorder's gather, then the rows
+        changed since (one transfer per dtype); after the arrays grew, the whole arrays."""
+        stage = self._table_stage
+        assert stage is not None
+        dev, moved, dirty = self._dev, self._moved, sorted(r for r in self._dirty if r < b)
+        self._moved, self._dirty = None, set()
+        if dev is None or dev[0].shape != self._full.shape:
+            (full, slide), = stage.send([torch.from_numpy(self._full),
+                                         torch.from_numpy(self._slide)])
+            self._dev = (full.clone(), slide.clone())  # owned, not a view of one transfer
+            self.rows_sent += self._full.shape[0]
+            return self._dev
+        self.rows_sent += len(dirty)
+        i64 = [torch.tensor([max(r, 0) for r in moved] if moved else [], dtype=torch.int64),
+               torch.tensor(dirty, dtype=torch.int64)]
+        i32 = [torch.from_numpy(self._full[dirty]), torch.from_numpy(self._slide[dirty])]
+        (src, rows), (full_rows, slide_rows) = stage.send(i64, i32)
+        for table, new_rows in zip(dev, (full_rows, slide_rows), strict=True):
+            if moved:  # rows of sequences new to the batch gather row 0, then are rewritten
+                table[:len(moved)] = table.index_select(0, src)
+            if dirty:
+                table.index_copy_(0, rows, new_rows)
+        return dev
 
 
 class Stager:
@@ -189,12 +234,14 @@ class Stager:
         self._done: object | None = None  # event of the last copy out of the buffers
 
     def to_device(self, host: ForwardBatch) -> ForwardBatch:
-        """The whole batch on the device (host lists shared)."""
-        (a, b, c, d, e), (f, g, h, k) = self.send(
+        """The whole batch on the device (host lists shared; tables already there stay)."""
+        tables = [host.full.block_tables, host.sliding.block_tables]
+        there = all(t.device.type == self.device.type for t in tables)
+        (a, b, c, d, e), (f, g, *sent) = self.send(
             [host.input_ids, host.positions, host.full.slot_mapping, host.sliding.slot_mapping,
              host.logits_indices],
-            [host.query_start_loc, host.seq_lens, host.full.block_tables,
-             host.sliding.block_tables])
+            [host.query_start_loc, host.seq_lens, *([] if there else tables)])
+        h, k = tables if there else sent
         return ForwardBatch(
             input_ids=a, positions=b, query_start_loc=f, seq_lens=g,
             full=PoolView(h, c), sliding=PoolView(k, d), logits_indices=e,

@@ -77,28 +77,36 @@ class StaticDecodeBuffers:
     def load(self, host: ForwardBatch, padded: int) -> None:
         """Copy a host-built decode batch of n rows into rows [0, n) and padding into [n,
         padded): the rows are padded on the host, sent in one transfer per dtype (pinned, on
-        CUDA) and copied into the buffers on the device. Table columns past the batch's width
-        keep stale ids: no live row reads a block past its seq_len, and padding rows read only
+        CUDA) and copied into the buffers on the device; block tables already on the device
+        (the persistent batch's) are copied there. Table columns past the batch's width keep
+        stale ids: no live row reads a block past its seq_len, and padding rows read only
         column 0."""
         n, pad = host.num_seqs, padded - host.num_seqs
         i64 = [_padded(host.input_ids, pad, PAD_TOKEN), _padded(host.positions, pad, PAD_POSITION)]
         i32 = [_padded(host.seq_lens, pad, PAD_SEQ_LEN)]
+        staged = []
         for p in POOLS:
             view = host.pool(p == "sliding")
             i64.append(_padded(view.slot_mapping, pad, PAD_SLOT))
-            table = torch.full((padded, view.block_tables.shape[1]), -1, dtype=torch.int32)
-            table[:n] = view.block_tables
-            table[n:, 0] = PAD_BLOCK
-            i32.append(table)
-        (ids, pos, slot_full, slot_slide), (lens, table_full, table_slide) = \
-            self.stager.send(i64, i32)
+            src, dst = view.block_tables, self.tables[p][:padded, :view.block_tables.shape[1]]
+            if src.device.type == dst.device.type:
+                dst[:n].copy_(src)
+                dst[n:].fill_(-1)
+                dst[n:, 0] = PAD_BLOCK
+            else:
+                table = torch.full(dst.shape, -1, dtype=torch.int32)
+                table[:n] = src
+                table[n:, 0] = PAD_BLOCK
+                i32.append(table)
+                staged.append(dst)
+        (ids, pos, slot_full, slot_slide), (lens, *tables) = self.stager.send(i64, i32)
         self.input_ids[:padded].copy_(ids)
         self.positions[:padded].copy_(pos)
         self.seq_lens[:padded].copy_(lens)
-        for p, slots, table in (("full", slot_full, table_full),
-                                ("sliding", slot_slide, table_slide)):
-            self.slots[p][:padded].copy_(slots)
-            self.tables[p][:padded, :table.shape[1]].copy_(table)
+        self.slots["full"][:padded].copy_(slot_full)
+        self.slots["sliding"][:padded].copy_(slot_slide)
+        for dst, table in zip(staged, tables, strict=True):
+            dst.copy_(table)
         self.seq_lens_cpu[:padded] = host.seq_lens_cpu + [PAD_SEQ_LEN] * pad
 
 
