@@ -77,7 +77,8 @@ class PersistentBatch:
 
     # ---- host side -----------------------------------------------------------------------------
     def host_batch(self, scheduled: Seq[Scheduled]) -> ForwardBatch:
-        """Bring the rows up to date with `scheduled` and return the step's batch on the host."""
+        """Bring the rows up to date with `scheduled` and return the step's batch on the host
+        (its block tables on the device where `device_tables`)."""
         seqs = [s.seq for s in scheduled]
         if seqs != self._seqs:
             self._reorder(seqs)
