@@ -27,7 +27,7 @@ from gptoss_serve.engine.stats import EngineStats
 from gptoss_serve.errors import ContextLengthError, InvalidRequestError
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSeq:
     """One sequence's share of a step."""
 

@@ -22,7 +22,7 @@ class SeqStatus(enum.Enum):
     FINISHED = "finished"  # done; blocks returned
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SampledToken:
     """What the runner sampled for one sequence in one step."""
 
