@@ -67,7 +67,7 @@ class ChatSession:
             raise
         mapper = ChatMapper()
         printer = _Printer(self.out, o.show_reasoning)
-        self.engine.add_request(request)
+        self.engine.enqueue(request)  # validated above
         reason = None
         while self.engine.has_unfinished():
             for step in self.engine.step():
