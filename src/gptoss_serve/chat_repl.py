@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from gptoss_serve.engine.engine import LLMEngine
-from gptoss_serve.engine.request import EngineRequest, SamplingParams
+from gptoss_serve.engine.request import CHAT_TEMPERATURE, EngineRequest, SamplingParams
 from gptoss_serve.errors import InvalidRequestError
 from gptoss_serve.harmony.openai_map import ChatDelta, ChatMapper
 from gptoss_serve.harmony.render import RenderOptions, render_chat, resolve_date
@@ -28,7 +28,7 @@ class ChatOptions:
     system: str | None = None  # a developer/system instruction for the whole conversation
     reasoning_effort: str = "medium"  # low | medium | high
     max_tokens: int = 1024
-    temperature: float = 0.7
+    temperature: float = CHAT_TEMPERATURE
     top_p: float = 1.0
     seed: int | None = None
     show_reasoning: bool = False
