@@ -210,7 +210,9 @@ class ModelRunner:
                     if ids is not None:
                         return [SampledToken(t) for t in ids.tolist()]
                     logits = self.model.logits(h)
-            return self.sampler.sample(logits.float(), rows)
+            masks = out.token_masks
+            return self.sampler.sample(logits.float(), rows,
+                                       None if masks is None else (masks.rows, masks.wait()))
 
 
 def sampling_row(seq: Sequence) -> SamplingRow:
@@ -220,4 +222,5 @@ def sampling_row(seq: Sequence) -> SamplingRow:
     penalised = params.frequency_penalty or params.presence_penalty
     banned = tuple(seq.group.stop_ids) if k < params.min_tokens else ()
     return SamplingRow(params, noise_key(seq.group.sample_seed, seq.index, k),
-                       seq.output_token_ids if penalised else [], banned)
+                       seq.output_token_ids if penalised else [], banned,
+                       constrained=params.constraint is not None)
