@@ -60,12 +60,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
     a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
+    a("--max-reasoning-tokens", type=_natural_int, default=None,
+      help="reasoning budget of chat requests that set none: after this many analysis/preamble "
+      "tokens the answer is forced to start (default: no budget)")
     p.set_defaults(func=_run_serve)
 
 
 def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _natural_int(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
     return int(value)
 
 
@@ -98,6 +107,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("GPTOSS_API_KEY") or None,
         current_date=_current_date(args.current_date),
         reasoning_content_alias=not args.no_reasoning_content_alias, max_queue=args.max_queue,
+        default_max_reasoning_tokens=args.max_reasoning_tokens,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,

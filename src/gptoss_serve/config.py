@@ -171,4 +171,5 @@ class ServerConfig:
     reasoning_content_alias: bool = True
     max_queue: int = 1024
     default_max_tokens: int = 1024
+    default_max_reasoning_tokens: int | None = None  # chat requests without max_reasoning_tokens
     extra: dict[str, Any] = field(default_factory=dict)

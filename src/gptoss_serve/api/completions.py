@@ -8,6 +8,7 @@ insides.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from gptoss_serve.api.context import ApiContext, check_token_ids, new_id, sampli
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
 from gptoss_serve.api.stop_strings import StopStringMatcher
 from gptoss_serve.api.streaming import merge, prime, respond
+from gptoss_serve.constrain import build_text_constraint
 from gptoss_serve.engine.request import EngineRequest, StepOutput, TokenLogprob
 from gptoss_serve.errors import InvalidRequestError
 
@@ -107,6 +109,8 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
     check_supported(req)
     prompts = prompt_ids(req, ctx.tokenizer)
     stop_ids = tuple(ctx.engine.model_config.eos_token_ids)
+    constraint = build_text_constraint(response_format=req.response_format_dict(),
+                                       structured_outputs=req.structured_outputs)
     engine_reqs = []
     for ids in prompts:
         max_tokens = ctx.max_tokens_for(len(ids), req.max_tokens, req.max_tokens)
@@ -114,6 +118,8 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
             req, max_tokens=max_tokens, stop_token_ids=stop_ids, logprobs=req.logprobs,
             vocab_size=ctx.tokenizer.vocab_size,
         )
+        if constraint is not None:
+            params = dataclasses.replace(params, constraint=constraint)
         engine_reqs.append(EngineRequest(new_id("cmpl"), tuple(ids), params))
     ctx.check_capacity()
     run = CompletionRun(ctx, req, engine_reqs)

@@ -51,7 +51,7 @@ class Content:
 
 
 def json_content(schema: Any) -> Content:
-    return Content("json", json.dumps(schema, sort_keys=True))
+    return Content("json", json.dumps(schema))  # key order kept: properties come in order
 
 
 def _regex_lexeme(regex: str) -> str:
