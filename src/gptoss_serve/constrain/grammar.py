@@ -3,10 +3,12 @@
 `harmony_grammar`: the whole harmony completion after the prompt's `<|start|>assistant`. Any
 number of analysis messages and commentary preambles come first, their bodies free text that ends
 only at `<|end|>` (the header is checked token by token on the special ids); then the constrained
-tail: a `final` message whose content is the `content` sub-grammar, ending `<|return|>`, and/or a
-call `to=functions.NAME` (recipient before or after the channel, content type `<|constrain|>json`
-glued, spaced, ` json` or absent) whose arguments follow that function's parameters, ending
-`<|call|>`. With `allow_preludes=False` (after a reasoning budget is spent) only the tail is left.
+tail: a `final` message (header `<|channel|>final` alone: a lone content type there would read as
+a recipient, openai-harmony and facts 5.9) whose content is the `content` sub-grammar, ending
+`<|return|>`, and/or a call `to=functions.NAME` (recipient before or after the channel, content
+type `<|constrain|>json` glued, spaced, ` json` or absent) whose arguments follow that function's
+parameters, ending `<|call|>`. With `allow_preludes=False` (after a reasoning budget is spent)
+only the tail is left.
 
 `text_grammar`: a grammar for raw text from the first token (/v1/completions).
 
@@ -79,9 +81,9 @@ def harmony_grammar(final: Content | None, calls: list[tuple[str, Content]],
     if final is not None:
         tails.append("final_msg")
         if final.kind == "free":
-            rules.append(f'final_msg: <|channel|> "final" ctype? <|message|> {FREE} <|return|>')
+            rules.append(f'final_msg: <|channel|> "final" <|message|> {FREE} <|return|>')
         else:
-            rules.append('final_msg: <|channel|> "final" ctype? <|message|> @content <|return|>')
+            rules.append('final_msg: <|channel|> "final" <|message|> @content <|return|>')
             subs.append(final.subgrammar("content"))
     for i, (name, args) in enumerate(calls):
         to = json.dumps(f" to=functions.{name}")

@@ -256,8 +256,11 @@ class Sampler:
         keys = _as_i32(torch.tensor([r.key for r in rows], dtype=torch.int64))
         bits = _mix32_i32(keys.to(device, non_blocking=True)[:, None]
                           ^ self._vocab_hash[cache_key][None, :])
-        u = bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).float()
-        return u.add_(0.5).div_(float(1 << 24))
+        # 23 bits: (2**23 - 0.5) / 2**23 is a float32 below 1; with 24 bits the top value rounds
+        # to 1.0, whose Gumbel noise is +inf (a uniformly random token about once in 80 steps
+        # at this vocabulary, and NaN against a -inf masked logit)
+        u = bits.bitwise_right_shift_(9).bitwise_and_(0x7FFFFF).float()
+        return u.add_(0.5).div_(float(1 << 23))
 
     # ---- results (the one host sync) -----------------------------------------------------------
     def _collect(self, logits: torch.Tensor, chosen: torch.Tensor,
