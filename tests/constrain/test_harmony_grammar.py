@@ -213,3 +213,21 @@ def test_apply_bitmask_masks_exactly_the_clear_bits():
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [5]
     assert torch.isfinite(logits[1]).all()  # row 1 is not constrained
     assert torch.isfinite(logits[2]).nonzero().flatten().tolist() == [31, 65]
+
+
+def test_c_kernel_equals_the_torch_unpack():
+    from gptoss_serve.kernels.bitmask_cpu import apply_bitmask_c
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 32 * 9 + 5  # a partial last word
+    logits = torch.randn(4, vocab, generator=gen)
+    mask = torch.randint(-2**31, 2**31 - 1, (3, 10), dtype=torch.int32, generator=gen)
+    mask[0, 1], mask[1, 2], mask[2, 3] = 0, -1, -(2**31)
+    want = logits.clone()
+    words = mask[:, :, None] >> torch.arange(32, dtype=torch.int32)
+    keep = (words & 1).bool().reshape(3, -1)[:, :vocab]
+    want[[0, 1, 3]] = want[[0, 1, 3]].masked_fill(~keep, float("-inf"))
+    got = logits.clone()
+    if not apply_bitmask_c(got, [0, 1, 3], mask):
+        pytest.skip("no C kernel builds here")
+    assert torch.equal(got, want)

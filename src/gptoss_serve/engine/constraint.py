@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from gptoss_serve.kernels.bitmask_cpu import apply_bitmask_c
+
 if TYPE_CHECKING:
     from gptoss_serve.engine.scheduler import SchedulerOutput
     from gptoss_serve.engine.sequence import SampledToken
@@ -50,8 +52,9 @@ def bitmask_words(vocab_size: int) -> int:
 
 def apply_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
     """Set to -inf, in place, the logits of `rows` whose bit in `bitmask` (one row per entry of
-    `rows`, on any device) is clear. Ids past the bitmask's 32 * words are masked too."""
-    if not rows:
+    `rows`, on any device) is clear. Ids past the bitmask's 32 * words are masked too. On CPU a C
+    kernel does it in one pass (`kernels/bitmask_cpu.py`); elsewhere torch unpacks the bits."""
+    if not rows or apply_bitmask_c(logits, rows, bitmask):
         return
     vocab = logits.shape[1]
     words = bitmask.to(logits.device, non_blocking=True)
