@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gptoss_serve.constrain import build_constraint, build_text_constraint
-from gptoss_serve.engine.constraint import apply_bitmask, bitmask_words
+from gptoss_serve.engine.constraint import apply_bitmask, apply_bitmask_torch, bitmask_words
 from gptoss_serve.errors import InvalidRequestError
 from gptoss_serve.harmony.tokenizer import VOCAB_SIZE, get_tokenizer
 
@@ -215,7 +215,7 @@ def test_apply_bitmask_masks_exactly_the_clear_bits():
     assert torch.isfinite(logits[2]).nonzero().flatten().tolist() == [31, 65]
 
 
-def test_c_kernel_equals_the_torch_unpack():
+def test_c_kernel_and_torch_path_equal_an_independent_unpack():
     from gptoss_serve.kernels.bitmask_cpu import apply_bitmask_c
 
     gen = torch.Generator().manual_seed(0)
@@ -227,6 +227,9 @@ def test_c_kernel_equals_the_torch_unpack():
     words = mask[:, :, None] >> torch.arange(32, dtype=torch.int32)
     keep = (words & 1).bool().reshape(3, -1)[:, :vocab]
     want[[0, 1, 3]] = want[[0, 1, 3]].masked_fill(~keep, float("-inf"))
+    got = logits.clone()
+    apply_bitmask_torch(got, [0, 1, 3], mask)
+    assert torch.equal(got, want)
     got = logits.clone()
     if not apply_bitmask_c(got, [0, 1, 3], mask):
         pytest.skip("no C kernel builds here")

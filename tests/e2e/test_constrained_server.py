@@ -66,7 +66,7 @@ def _same_stream(client, **args) -> dict:
     # the second request may find more of its prompt in the prefix cache
     assert (folded["usage"].model_dump(exclude={"prompt_tokens_details"})
             == full.usage.model_dump(exclude={"prompt_tokens_details"}))
-    return message_fields(full.choices[0])
+    return [message_fields(c) for c in full.choices]
 
 
 @pytest.mark.parametrize("fmt", ["json_object", "json_schema"])
@@ -75,13 +75,22 @@ def test_response_format_stream_equals_non_stream(client, fmt):
     rf = {"type": "json_object"} if fmt == "json_object" else {
         "type": "json_schema", "json_schema": {"name": "trip", "schema": schema, "strict": True}}
     fields = _same_stream(client, model=MODEL, messages=USER, response_format=rf, max_tokens=200,
-                          temperature=0, seed=1, extra_body=BUDGET)
-    assert fields["finish_reason"] == "stop"
-    value = json.loads(fields["content"])
-    if fmt == "json_object":
-        assert isinstance(value, dict)
-    else:
-        Trip.model_validate(value)
+                          temperature=1.0, seed=1, n=2, extra_body=BUDGET)
+    for choice in fields:
+        assert choice["finish_reason"] == "stop"
+        value = json.loads(choice["content"])
+        if fmt == "json_object":
+            assert isinstance(value, dict)
+        else:
+            Trip.model_validate(value)
+
+
+def test_chat_structured_outputs_choice(client):
+    so = {"structured_outputs": {"choice": ["yes", "no", "maybe later"]}, **BUDGET}
+    fields = _same_stream(client, model=MODEL, messages=USER, max_tokens=40, temperature=1.0,
+                          seed=2, extra_body=so)
+    assert fields[0]["finish_reason"] == "stop"
+    assert fields[0]["content"] in ("yes", "no", "maybe later")
 
 
 @pytest.mark.parametrize("choice", ["required", "get_weather", "add"])
@@ -91,9 +100,9 @@ def test_tool_choice_stream_equals_non_stream(client, choice):
     fields = _same_stream(client, model=MODEL, messages=USER, tools=[WEATHER, ADD],
                           tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=120,
                           temperature=1.0, seed=3, extra_body=BUDGET)
-    assert fields["finish_reason"] == "tool_calls"
-    assert len(fields["tool_calls"]) == 1
-    call = fields["tool_calls"][0]
+    assert fields[0]["finish_reason"] == "tool_calls"
+    assert len(fields[0]["tool_calls"]) == 1
+    call = fields[0]["tool_calls"][0]
     assert choice == "required" or call["name"] == choice
     params = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, ADD)}
     jsonschema.validate(json.loads(call["arguments"]), params[call["name"]])

@@ -54,8 +54,12 @@ def apply_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) 
     """Set to -inf, in place, the logits of `rows` whose bit in `bitmask` (one row per entry of
     `rows`, on any device) is clear. Ids past the bitmask's 32 * words are masked too. On CPU a C
     kernel does it in one pass (`kernels/bitmask_cpu.py`); elsewhere torch unpacks the bits."""
-    if not rows or apply_bitmask_c(logits, rows, bitmask):
-        return
+    if rows and not apply_bitmask_c(logits, rows, bitmask):
+        apply_bitmask_torch(logits, rows, bitmask)
+
+
+def apply_bitmask_torch(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
+    """`apply_bitmask` with torch operators (any device): the bits unpacked to a boolean mask."""
     vocab = logits.shape[1]
     words = bitmask.to(logits.device, non_blocking=True)
     shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
