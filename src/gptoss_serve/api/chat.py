@@ -8,6 +8,7 @@ per-choice mapping (reasoning, content, tool calls, stop strings) is `api/choice
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -76,7 +77,8 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     tools = offered_tools(req)
     if req.tool_choice == "none":  # tools left out of the prompt are still checked
         check_tools([t.model_dump(exclude_none=True) for t in req.tools or []])
-    constraint = chat_constraint(ctx, req, tools)
+    # schema checks and grammar compilation (first time: the vocabulary, ~1 s) off the event loop
+    constraint = await asyncio.to_thread(chat_constraint, ctx, req, tools)
     prompt = render_messages(ctx, req.messages, req.reasoning_effort, tools,
                              req.response_format_dict())
     n_prompt = len(prompt.token_ids)

@@ -8,6 +8,7 @@ insides.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -109,8 +110,9 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
     check_supported(req)
     prompts = prompt_ids(req, ctx.tokenizer)
     stop_ids = tuple(ctx.engine.model_config.eos_token_ids)
-    constraint = build_text_constraint(response_format=req.response_format_dict(),
-                                       structured_outputs=req.structured_outputs)
+    constraint = await asyncio.to_thread(
+        build_text_constraint, response_format=req.response_format_dict(),
+        structured_outputs=req.structured_outputs)
     engine_reqs = []
     for ids in prompts:
         max_tokens = ctx.max_tokens_for(len(ids), req.max_tokens, req.max_tokens)
