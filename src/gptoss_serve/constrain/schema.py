@@ -20,9 +20,15 @@ from gptoss_serve.errors import InvalidRequestError
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
 
 
+def _as_object(schema: Any) -> Any:
+    """The boolean schema `true` (anything) as the object schema `{}`; others unchanged."""
+    return {} if schema is True else schema
+
+
 def json_subgrammar(schema: Any, name: str) -> dict[str, Any]:
     """An llguidance grammar-list entry (named `name`) for `schema`; no validity check."""
-    text = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+    text = llguidance.LLMatcher.grammar_from_json_schema(_as_object(schema),
+                                                         overrides=JSON_OPTIONS)
     entry = json.loads(text)["grammars"][0]
     entry["name"] = name
     return entry
@@ -32,6 +38,9 @@ def check_schema(schema: Any, param: str) -> None:
     """Raise InvalidRequestError(param=param) unless `schema` is a usable JSON Schema."""
     if not isinstance(schema, dict | bool):
         raise InvalidRequestError(f"`{param}` must be a JSON Schema object", param=param)
+    if schema is False:
+        raise InvalidRequestError(f"`{param}` is `false`, which no output satisfies", param=param)
+    schema = _as_object(schema)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
