@@ -163,3 +163,20 @@ def test_cut_by_max_tokens_ends_length_without_fake_json(llm):
     out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=20,
                                                 constraint=spec))[0].outputs[0]
     assert out.finish_reason == "length" and len(out.token_ids) == 20
+
+
+def test_all_greedy_batch_leaves_the_greedy_screen(llm, harmony):
+    """A step whose rows are all greedy would take the model's argmax screen (no logits); a
+    constrained row must not, or its tokens would ignore the mask."""
+    from gptoss_serve.engine.sampler import Sampler, SamplingRow
+
+    spec = build_constraint(response_format={"type": "json_object"}, max_reasoning_tokens=4)
+    row = SamplingRow(SamplingParams(temperature=0.0, constraint=spec), 0, constrained=True)
+    assert not Sampler.argmax_only([row])
+    prompt = render_chat(USER, RenderOptions(response_format={"type": "json_object"})).token_ids
+    outs = llm.generate([prompt] * 3, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
+                                                     constraint=spec))
+    for out in outs:
+        seq = out.outputs[0]
+        assert seq.finish_reason == "stop"
+        assert isinstance(json.loads(messages(harmony, seq.token_ids)[-1].content[0].text), dict)
