@@ -52,9 +52,13 @@ USER = [{"role": "user", "content": "Answer in the format."}]
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory) -> LLM:
-    ckpt = write_checkpoint(tmp_path_factory.mktemp("constrain-tiny"), preset="tiny", seed=3)
-    return LLM(ckpt, dtype="float32", device="cpu", kv_cache_memory_gib=0.05, max_num_seqs=32,
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("constrain-tiny"), preset="tiny", seed=3)
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoint) -> LLM:
+    return LLM(checkpoint, dtype="float32", device="cpu", kv_cache_memory_gib=0.05, max_num_seqs=32,
                max_num_batched_tokens=2048)
 
 
@@ -180,3 +184,22 @@ def test_all_greedy_batch_leaves_the_greedy_screen(llm, harmony):
         seq = out.outputs[0]
         assert seq.finish_reason == "stop"
         assert isinstance(json.loads(messages(harmony, seq.token_ids)[-1].content[0].text), dict)
+
+
+def test_preempted_constrained_sequences_still_validate(checkpoint, harmony):
+    """A KV cache too small for the batch preempts sequences mid-output; recomputed, they keep
+    their matcher state (no token is sampled twice) and still validate."""
+    small = LLM(checkpoint, dtype="float32", device="cpu",
+                kv_cache_memory_gib=160 * 1024 / (1 << 30), max_num_seqs=8,
+                max_num_batched_tokens=64, block_size=4)
+    schema = CORPUS[1]
+    rf = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    spec = build_constraint(response_format=rf, max_reasoning_tokens=40)
+    prompt = render_chat(USER, RenderOptions(response_format=rf)).token_ids
+    outs = small.generate([prompt] * 8, [params(spec, i, think=True) for i in range(8)])
+    assert small.engine.stats().num_preemptions > 0
+    for out in outs:
+        seq = out.outputs[0]
+        assert seq.finish_reason == "stop"
+        jsonschema.validate(json.loads(messages(harmony, seq.token_ids)[-1].content[0].text),
+                            schema)
