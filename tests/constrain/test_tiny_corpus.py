@@ -1,7 +1,8 @@
 """The tiny random model (no idea of JSON) under constraints: every output parses (openai-harmony)
 and validates (jsonschema) over a corpus of schemas and of required/named tool calls, with a
 reasoning budget so that it reaches the answer; one half is pushed into long analysis by a
-logit_bias so that the budget is what ends it. Sampled and greedy rows share batches."""
+logit_bias so that the budget is what ends it. Sampled and greedy rows share batches; an
+all-greedy batch and a preempting KV cache are covered too."""
 
 from __future__ import annotations
 
