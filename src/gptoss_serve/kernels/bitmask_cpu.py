@@ -7,7 +7,7 @@ mostly full ones), so the cost is the mask's 25 KB per row plus the -inf writes,
 201088-wide unpack of bits into a boolean tensor and a masked fill (about 10x more traffic).
 `apply_bitmask_c` returns False where the C kernel is unavailable; the caller then uses torch.
 
-Owns this kernel and its build declaration (`cpu_c`); knows nothing of grammars or sampling.
+Owns the Python side of csrc/bitmask.c; knows nothing of grammars or sampling.
 """
 
 from __future__ import annotations
@@ -19,47 +19,11 @@ import torch
 
 from gptoss_serve.kernels import cpu_c
 
-_C_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-
-void apply_bitmask(float *logits, long stride, const int64_t *rows, long nrows,
-                   const int32_t *mask, long words, long vocab) {
-    for (long r = 0; r < nrows; r++) {
-        float *p = logits + rows[r] * stride;
-        const uint32_t *m = (const uint32_t *)(mask + r * words);
-        long full = vocab / 32;
-        for (long w = 0; w < full; w++) {
-            uint32_t bits = m[w];
-            float *q = p + w * 32;
-            if (bits == 0xFFFFFFFFu) continue;
-            if (bits == 0) {
-                for (int j = 0; j < 32; j++) q[j] = -INFINITY;
-                continue;
-            }
-            for (int j = 0; j < 32; j++)
-                if (!((bits >> j) & 1u)) q[j] = -INFINITY;
-        }
-        for (long t = full * 32; t < vocab; t++) {
-            long w = t / 32;
-            if (w >= words || !((m[w] >> (t % 32)) & 1u)) p[t] = -INFINITY;
-        }
-    }
-}
-"""
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    lib.apply_bitmask.restype = None
-    lib.apply_bitmask.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
-                                  ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
-
 
 @functools.cache
 def _load() -> ctypes.CDLL | None:
-    # the AVX prelude is not needed: plain C that the compiler vectorises
-    lib, _ = cpu_c.load("bitmask", _C_SOURCE, _declare)
-    return lib
+    """The library of csrc/bitmask.c, or None (see `cpu_c.load`)."""
+    return cpu_c.load("bitmask.c")[0]
 
 
 def apply_bitmask_c(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> bool:
