@@ -70,12 +70,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-body-mib", type=float, default=16.0, help="larger request bodies get a 413")
     a("--public-metrics", action="store_true",
       help="serve /metrics without the API key (every other route but /health needs it)")
+    a("--max-reasoning-tokens", type=_natural_int, default=None,
+      help="reasoning budget of chat requests that set none: after this many analysis/preamble "
+      "tokens the answer is forced to start (default: no budget)")
     p.set_defaults(func=_run_serve)
 
 
 def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _natural_int(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
     return int(value)
 
 
@@ -109,6 +118,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         current_date=_current_date(args.current_date),
         reasoning_content_alias=not args.no_reasoning_content_alias, max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mib * (1 << 20)), public_metrics=args.public_metrics,
+        default_max_reasoning_tokens=args.max_reasoning_tokens,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,

@@ -176,4 +176,5 @@ class ServerConfig:
     default_max_tokens: int = 1024
     max_body_bytes: int = 16 << 20  # larger request bodies get a 413
     public_metrics: bool = False  # /metrics without the API key (/health never needs it)
+    default_max_reasoning_tokens: int | None = None  # chat requests without max_reasoning_tokens
     extra: dict[str, Any] = field(default_factory=dict)

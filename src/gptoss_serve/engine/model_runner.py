@@ -213,7 +213,9 @@ class ModelRunner:
                     if ids is not None:
                         return [SampledToken(t) for t in ids.tolist()]
                     logits = self.model.logits(h)
-            return self.sampler.sample(logits.float(), rows)
+            masks = out.token_masks
+            return self.sampler.sample(logits.float(), rows,
+                                       None if masks is None else (masks.rows, masks.wait()))
 
 
 def sampling_row(seq: Sequence) -> SamplingRow:
@@ -224,4 +226,5 @@ def sampling_row(seq: Sequence) -> SamplingRow:
     banned = tuple(seq.group.stop_ids) if k < params.min_tokens else ()
     key = noise_key(seq.group.sample_seed, seq.index, k) if params.temperature > 0 else 0
     return SamplingRow(params, key,
-                       seq.output_token_ids if penalised else [], banned)
+                       seq.output_token_ids if penalised else [], banned,
+                       constrained=params.constraint is not None)

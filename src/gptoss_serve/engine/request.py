@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gptoss_serve.engine.constraint import ConstraintFactory
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default: SamplingParams and /v1/completions
 CHAT_TEMPERATURE = 0.7  # the chat surfaces' default: /v1/chat/completions, `chat` (REPL and flag)
@@ -32,6 +36,7 @@ class SamplingParams:
     ignore_eos: bool = False  # ignore stop_token_ids (benchmarks)
     logprobs: int | None = None  # None: off; k >= 0: chosen token's logprob plus top-k (k <= 20)
     n: int = 1
+    constraint: ConstraintFactory | None = None  # structured output: one constraint per sequence
 
     def __post_init__(self) -> None:
         if self.temperature < MIN_TEMPERATURE:  # dividing by it would overflow float32

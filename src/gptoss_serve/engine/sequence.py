@@ -12,8 +12,12 @@ import array
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gptoss_serve.engine.request import EngineRequest, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from gptoss_serve.engine.constraint import TokenConstraint
 
 
 class SeqStatus(enum.Enum):
@@ -60,6 +64,7 @@ class Sequence:
     finish_reason: str | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
     admitted_once: bool = False
+    constraint: TokenConstraint | None = None  # made from params.constraint when first sampled
 
     @property
     def request_id(self) -> str:
