@@ -9,7 +9,8 @@ Measures, over `src/gptoss_serve`:
 - upward imports: every `import` / `from ... import` of a `gptoss_serve` module (at module
   level or inside a function: a lazy import is still a dependency) whose layer is above the
   importing module's, with the layers of `LAYERS` (lowest first):
-      errors, config < harmony < kernels < model < engine < api, llm, cli, chat_repl, bench;
+      errors, config < harmony < constrain < formats < kernels < model < engine < api, llm,
+      cli, chat_repl, bench;
   an import from a package into one of a higher layer counts once per (importer, imported)
   module pair;
 - functions (and methods) longer than `LONG_FUNCTION` lines, `def` to last line;
@@ -36,6 +37,8 @@ LONG_FUNCTION = 40  # lines from `def` to the function's last line
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "config"),
     ("harmony",),
+    ("constrain",),
+    ("formats",),
     ("kernels",),
     ("model",),
     ("engine",),
