@@ -25,7 +25,7 @@ from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
 from gptoss_serve.api.guard import Guard, error_response, open_paths
 from gptoss_serve.api.metrics import ServerMetrics
 from gptoss_serve.api.openapi import install, request_body, responses_of, schema_ref
-from gptoss_serve.api.responses import (
+from gptoss_serve.api.bodies import (
     ChatCompletionChunk,
     ChatCompletionResponse,
     CompletionChunk,

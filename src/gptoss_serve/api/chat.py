@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from gptoss_serve.api.choice import ChoiceState
 from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
-from gptoss_serve.api.responses import (
+from gptoss_serve.api.bodies import (
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,

@@ -25,7 +25,7 @@ from gptoss_serve.api.context import (
     off_loop,
     sampling_params,
 )
-from gptoss_serve.api.responses import (
+from gptoss_serve.api.bodies import (
     CompletionChoice,
     CompletionChunk,
     CompletionLogprobs,

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from gptoss_serve.api.responses import ErrorResponse
+from gptoss_serve.api.bodies import ErrorResponse
 
 _REF = "#/components/schemas/{model}"
 _DECLARED: dict[str, type[BaseModel]] = {}
