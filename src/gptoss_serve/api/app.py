@@ -19,12 +19,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from gptoss_serve.api.chat import create_chat_completion, render_messages
-from gptoss_serve.api.completions import create_completion
-from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
-from gptoss_serve.api.guard import Guard, error_response, open_paths
-from gptoss_serve.api.metrics import ServerMetrics
-from gptoss_serve.api.openapi import install, request_body, responses_of, schema_ref
 from gptoss_serve.api.bodies import (
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -36,6 +30,12 @@ from gptoss_serve.api.bodies import (
     ModelList,
     TokenizeResponse,
 )
+from gptoss_serve.api.chat import create_chat_completion, render_messages
+from gptoss_serve.api.completions import create_completion
+from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
+from gptoss_serve.api.guard import Guard, error_response, open_paths
+from gptoss_serve.api.metrics import ServerMetrics
+from gptoss_serve.api.openapi import install, request_body, responses_of, schema_ref
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,

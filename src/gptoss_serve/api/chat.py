@@ -17,8 +17,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gptoss_serve.api.choice import ChoiceState
-from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
 from gptoss_serve.api.bodies import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -30,6 +28,8 @@ from gptoss_serve.api.bodies import (
     PromptTokensDetails,
     Usage,
 )
+from gptoss_serve.api.choice import ChoiceState
+from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
     ChatMessage,

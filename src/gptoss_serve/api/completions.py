@@ -18,19 +18,19 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gptoss_serve.api.context import (
-    ApiContext,
-    check_token_ids,
-    new_id,
-    off_loop,
-    sampling_params,
-)
 from gptoss_serve.api.bodies import (
     CompletionChoice,
     CompletionChunk,
     CompletionLogprobs,
     CompletionResponse,
     Usage,
+)
+from gptoss_serve.api.context import (
+    ApiContext,
+    check_token_ids,
+    new_id,
+    off_loop,
+    sampling_params,
 )
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
 from gptoss_serve.api.stop_strings import StopStringMatcher
