@@ -31,6 +31,17 @@ def test_bad_flag_values_are_refused_before_loading(monkeypatch, capsys, flag, b
     assert flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, bad", [("--temperature", "-1"), ("--temperature", "2.5"),
+                                       ("--top-p", "1.5"), ("--top-p", "nan")])
+def test_chat_sampling_flags_keep_the_api_bounds(monkeypatch, capsys, flag, bad):
+    """As the chat API refuses them (0..2, 0..1): the REPL would otherwise sample with them."""
+    monkeypatch.setattr(cli, "_run_chat", lambda args: pytest.fail("chat started"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["chat", flag, bad])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
 def test_documented_devices_parse(device):
     assert cli.build_parser().parse_args(["serve", "--device", device]).device == device

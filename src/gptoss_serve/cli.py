@@ -94,6 +94,22 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _in_range(low: float, high: float) -> Callable[[str], float]:
+    """A flag's number within the chat API's bounds for the same field (`api/schemas.py`)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, "
+                                             f"got {value!r}")
+        return number
+
+    return parse
+
+
 def _device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
@@ -156,8 +172,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     a("--system", default=None, help="an instruction for the whole conversation")
     a("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     a("--max-tokens", type=_positive_int, default=1024, help="per answer (cut to the context)")
-    a("--temperature", type=float, default=CHAT_TEMPERATURE)
-    a("--top-p", type=float, default=1.0)
+    a("--temperature", type=_in_range(0.0, 2.0), default=CHAT_TEMPERATURE, help="0 to 2")
+    a("--top-p", type=_in_range(0.0, 1.0), default=1.0, help="0 to 1")
     a("--seed", type=int, default=None)
     a("--show-reasoning", action="store_true", help="print the chain of thought, marked")
     p.set_defaults(func=_run_chat)
