@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +40,11 @@ def _run_make_checkpoint(args: argparse.Namespace) -> int:
 # ---- what serve and chat share: the model, its engine, the system-message date -----------------
 def _add_model_args(a: Callable[..., object]) -> None:
     a("--model", default=None, help="checkpoint folder or hub name (default: tiny random model)")
-    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a("--device", default="auto", type=_device, help="auto | cpu | cuda | cuda:N")
     a("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
-    a("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
-    a("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
+    a("--max-model-len", type=_positive_int, default=None,
+      help="context limit (default: the model's)")
+    a("--kv-cache-memory", type=_positive_float, default=None, help="KV cache budget in GiB")
     a("--kernels", default="auto", choices=["auto", "triton", "reference"],
       help="auto: Triton on CUDA (sm_80+), references elsewhere; reference: plain torch")
     a("--enforce-eager", action="store_true", help="no CUDA graphs for the decode step")
@@ -58,16 +60,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--host", default="127.0.0.1")
     a("--port", type=int, default=8000)
     a("--api-key", default=None, help="require `Authorization: Bearer KEY` ($GPTOSS_API_KEY)")
-    a("--max-num-seqs", type=int, default=256, help="sequences per engine step")
-    a("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
+    a("--max-num-seqs", type=_positive_int, default=256, help="sequences per engine step")
+    a("--max-num-batched-tokens", type=_positive_int, default=8192, help="tokens per engine step")
     a("--threads", type=_positive_int, default=None,
       help="torch intra-op threads in the server (default: torch's, one per core); on a CPU "
       "shared with other work, fewer threads than cores avoid waiting for busy cores")
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
-    a("--max-queue", type=int, default=1024,
+    a("--max-queue", type=_positive_int, default=1024,
       help="requests admitted and not yet started before new ones get a 429")
-    a("--max-body-mib", type=float, default=16.0, help="larger request bodies get a 413")
+    a("--max-body-mib", type=_positive_float, default=16.0, help="larger request bodies get a 413")
     a("--public-metrics", action="store_true",
       help="serve /metrics without the API key (every other route but /health needs it)")
     a("--max-reasoning-tokens", type=_natural_int, default=None,
@@ -80,6 +82,38 @@ def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
     return int(value)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return number
+
+
+def _in_range(low: float, high: float) -> Callable[[str], float]:
+    """A flag's number within the chat API's bounds for the same field (`api/schemas.py`)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, "
+                                             f"got {value!r}")
+        return number
+
+    return parse
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
 
 
 def _natural_int(value: str) -> int:
@@ -138,8 +172,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     a("--system", default=None, help="an instruction for the whole conversation")
     a("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     a("--max-tokens", type=_positive_int, default=1024, help="per answer (cut to the context)")
-    a("--temperature", type=float, default=CHAT_TEMPERATURE)
-    a("--top-p", type=float, default=1.0)
+    a("--temperature", type=_in_range(0.0, 2.0), default=CHAT_TEMPERATURE, help="0 to 2")
+    a("--top-p", type=_in_range(0.0, 1.0), default=1.0, help="0 to 1")
     a("--seed", type=int, default=None)
     a("--show-reasoning", action="store_true", help="print the chain of thought, marked")
     p.set_defaults(func=_run_chat)
@@ -248,8 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gptoss_serve.errors import GptOssServeError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except GptOssServeError as exc:  # a start-up problem (checkpoint, device, memory): no traceback
+        print(f"gptoss-serve {args.command}: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

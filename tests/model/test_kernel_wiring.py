@@ -113,7 +113,8 @@ def test_120b_memory_plan_on_an_80_gb_card():
     gpu = 81559 << 20  # an H100 80 GB as nvidia-smi reports it (79.6 GiB)
     plan = plan_for_gpu(config, torch.bfloat16, gpu, weights.model_bytes(config, torch.bfloat16),
                         cache, sched)
-    # facts §1.2: 36,864 bytes of KV per token of context over the 18 full-attention layers
+    # docs/model-facts.md §1.2: 36,864 bytes of KV per token of context over the 18
+    # full-attention layers
     assert plan.kv.bytes_per_full_block == 16 * 36_864
     assert plan.kv.bytes_per_sliding_block == 16 * 36_864  # 18 sliding layers as well
     used = plan.weights_bytes + plan.kv.total_bytes

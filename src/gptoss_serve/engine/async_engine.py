@@ -117,12 +117,11 @@ class AsyncEngine:
                     raise item
                 remaining -= item.finished
                 yield item
-        finally:
+        finally:  # closed before every sequence finished: the one place a request is aborted
             with self._cv:
                 self._streams.pop(request.request_id, None)
-                if remaining:
-                    self._aborts.add(request.request_id)
-                    self._cv.notify()
+            if remaining:
+                self.abort(request.request_id)
 
     def _register(self, request: EngineRequest) -> _Stream:
         with self._cv:

@@ -9,8 +9,9 @@ Earlier chain of thought: we use openai-harmony's rule, not the intent of docs/m
 only when the last assistant message is `final` are the `analysis` messages before the FIRST
 `final` dropped (tests/harmony/test_render.py records where that differs from §5.8).
 
-Response format (no API in openai-harmony, facts §5.10): appended to the developer instructions as
-`# Response Formats` / `## {name}` / `// {description}` / the schema as one line of compact JSON.
+Response format (no API in openai-harmony, docs/model-facts.md §5.10): appended to the developer
+instructions as `# Response Formats` / `## {name}` / `// {description}` / the schema as one line
+of compact JSON.
 
 Follows openai/harmony `src/encoding.rs` (the renderer behind
 `render_conversation_for_completion`).
