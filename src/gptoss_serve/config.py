@@ -171,4 +171,6 @@ class ServerConfig:
     reasoning_content_alias: bool = True
     max_queue: int = 1024
     default_max_tokens: int = 1024
+    responses_db: str | None = ":memory:"  # SQLite file of /v1/responses; None: --no-store
+    max_tool_turns: int = 8  # built-in tool calls the server runs per response
     extra: dict[str, Any] = field(default_factory=dict)

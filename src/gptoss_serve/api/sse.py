@@ -23,25 +23,34 @@ def frame(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
+def typed_frame(payload: dict[str, Any]) -> str:
+    """One SSE event named by the payload's `type` (the Responses API's framing)."""
+    return f"event: {payload['type']}\n{frame(payload)}"
+
+
 async def _events(
-    chunks: AsyncIterator[dict[str, Any]], on_close: Callable[[], None]
+    chunks: AsyncIterator[dict[str, Any]], on_close: Callable[[], None],
+    framing: Callable[[dict[str, Any]], str], done: str,
 ) -> AsyncIterator[str]:
-    """Frame every chunk, then [DONE]; an error mid-stream becomes an error event, not a crash."""
+    """Frame every chunk, then `done`; an error mid-stream becomes an error event, not a crash."""
     try:
         async for chunk in chunks:
-            yield frame(chunk)
+            yield framing(chunk)
     except GptOssServeError as exc:
         yield frame(exc.to_openai())
     finally:
         on_close()
-    yield DONE
+    if done:
+        yield done
 
 
 def sse_response(
-    chunks: AsyncIterator[dict[str, Any]], on_close: Callable[[], None]
+    chunks: AsyncIterator[dict[str, Any]], on_close: Callable[[], None],
+    framing: Callable[[dict[str, Any]], str] = frame, done: str = DONE,
 ) -> StreamingResponse:
-    """A text/event-stream response; `on_close` runs however the stream ends (also disconnects)."""
+    """A text/event-stream response; `on_close` runs however the stream ends (also disconnects).
+    Chat and completions use the defaults; the Responses API passes `typed_frame` and no done."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
-        _events(chunks, on_close), media_type="text/event-stream", headers=headers
+        _events(chunks, on_close, framing, done), media_type="text/event-stream", headers=headers
     )
