@@ -60,6 +60,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
     a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
+    a("--responses-db", default=None, metavar="PATH",
+      help="SQLite file of stored /v1/responses (default: $GPTOSS_SERVE_CACHE/responses.sqlite3)")
+    a("--no-store", action="store_true",
+      help="keep no /v1/responses state (store=true is ignored; no previous_response_id chains)")
+    a("--max-tool-turns", type=_positive_int, default=8,
+      help="built-in tool calls (python, browser) the server runs per response")
     p.set_defaults(func=_run_serve)
 
 
@@ -98,6 +104,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("GPTOSS_API_KEY") or None,
         current_date=_current_date(args.current_date),
         reasoning_content_alias=not args.no_reasoning_content_alias, max_queue=args.max_queue,
+        responses_db=None if args.no_store else (
+            args.responses_db or str(tiny.parent / "responses.sqlite3")),
+        max_tool_turns=args.max_tool_turns,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,

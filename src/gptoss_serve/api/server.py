@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
+from gptoss_serve.tools.base import ToolOptions
 
 log = logging.getLogger("gptoss_serve.serve")
 GRACE_SECONDS = 5
@@ -35,6 +36,7 @@ class ServeOptions:
     kernels: str = "auto"  # auto | triton | reference (kernels/select.py)
     enforce_eager: bool = False  # no CUDA graphs for the decode step
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per core)
+    tools: ToolOptions = ToolOptions()  # the built-in tools of /v1/responses (tools/registry.py)
 
 
 def served_name(model: str, explicit: str | None) -> str:
@@ -114,7 +116,14 @@ def run_server(opts: ServeOptions) -> int:
     for line in describe(engine, model, random_weights):
         log.info(line)
     config = replace(opts.server, served_model_names=(name,))
-    app = create_app(engine, config, get_tokenizer())
+    from gptoss_serve.tools.registry import build_tools
+
+    tools, tool_lines = build_tools(opts.tools)
+    for line in tool_lines:
+        log.info(line)
+    where = config.responses_db if config.responses_db is not None else "off (--no-store)"
+    log.info("responses store: %s", where)
+    app = create_app(engine, config, get_tokenizer(), tools=tools)
     log.info("serving %r on http://%s:%d/v1", name, config.host, config.port)
     uv = uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",

@@ -1,0 +1,257 @@
+"""/v1/responses in process (FakeEngine, official openai client): shapes, errors, chains,
+streaming events, and the server-run tool loop with fake built-in tools."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from responses_support import (
+    REASON_AND_ANSWER,
+    WEATHER_CALL,
+    WEATHER_TOOL,
+    FakeBrowser,
+    FakePython,
+    by_prompt,
+    fold_events,
+    item_text,
+)
+from starlette.testclient import TestClient
+
+from gptoss_serve.api.app import create_app
+from gptoss_serve.api.testing import FakeEngine, fixed_script, script_ids
+from gptoss_serve.config import ServerConfig
+
+MODEL = "gpt-oss-test"
+PY_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|>"
+           "<|start|>assistant<|channel|>analysis to=python code<|message|>6*7<|call|>")
+PY_ANSWER = "<|channel|>final<|message|>The answer is 42.<|return|>"
+SEARCH_CALL = ('<|channel|>analysis to=browser.search code<|message|>{"query":"tokyo weather"}'
+               "<|call|>")
+CITED = "<|channel|>final<|message|>Sunny 【0†L1】.<|return|>"
+
+
+@pytest.fixture
+def serve(tok):
+    clients = []
+
+    def make(script, tools=None, tokens_per_step=2, **cfg):
+        if isinstance(script, str):
+            script = fixed_script(script_ids(tok, script))
+        engine = FakeEngine(script, tokens_per_step=tokens_per_step)
+        config = ServerConfig(served_model_names=(MODEL,), current_date="2025-06-28", **cfg)
+        http = TestClient(create_app(engine, config, tok, tools=tools or {}),
+                          raise_server_exceptions=False)
+        clients.append(http)
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http,
+                               max_retries=0)
+        return client, engine, http
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def test_create_shapes_usage_and_retrieve(serve, tok):
+    client, engine, _ = serve(REASON_AND_ANSWER)
+    resp = client.responses.create(model=MODEL, input="Hi", instructions="Be brief.",
+                                   reasoning={"effort": "low"}, metadata={"k": "v"})
+    assert resp.status == "completed" and resp.object == "response"
+    reasoning, message = resp.output
+    assert reasoning.type == "reasoning"
+    assert reasoning.content[0].text == "The user greets."
+    assert message.type == "message" and resp.output_text == "Hello! How can I help?"
+    assert message.content[0].annotations == []
+    assert resp.metadata == {"k": "v"} and resp.reasoning.effort == "low"
+    generated = len(script_ids(tok, REASON_AND_ANSWER))
+    assert resp.usage.output_tokens == generated
+    assert resp.usage.input_tokens == len(engine.admitted[0].prompt_token_ids)
+    assert resp.usage.output_tokens_details.reasoning_tokens == len(tok.encode("The user greets."))
+    prompt = tok.decode(list(engine.admitted[0].prompt_token_ids))
+    assert "Reasoning: low" in prompt and "# Instructions\n\nBe brief." in prompt
+    again = client.responses.retrieve(resp.id)
+    assert again.model_dump() == resp.model_dump()
+    items = client.responses.input_items.list(resp.id)
+    assert [i.content[0].text for i in items.data] == ["Hi"]
+
+
+def test_chain_renders_history_and_drops_earlier_reasoning(serve, tok):
+    client, engine, _ = serve(REASON_AND_ANSWER)
+    first = client.responses.create(model=MODEL, input="Hi")
+    second = client.responses.create(model=MODEL, input="Again", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    prompt = tok.decode(list(engine.admitted[1].prompt_token_ids))
+    # the earlier final answer is kept, its chain of thought dropped (a final answer followed)
+    assert "<|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>" \
+           "Hello! How can I help?<|end|><|start|>user<|message|>Again<|end|>" in prompt
+    assert "The user greets." not in prompt
+    assert "Be brief" not in prompt  # instructions are not carried over (OpenAI's rule)
+
+
+def test_function_call_round_trip_through_chain(serve, tok):
+    script = by_prompt([("functions.get_weather to=assistant", REASON_AND_ANSWER),
+                        (None, WEATHER_CALL)])
+    client, engine, _ = serve(script)
+    call_resp = client.responses.create(model=MODEL, input="Weather?", tools=[WEATHER_TOOL])
+    reasoning, call = call_resp.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Tokyo"} and call.status == "completed"
+    out = client.responses.create(
+        model=MODEL, previous_response_id=call_resp.id, tools=[WEATHER_TOOL],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert out.output_text == "Hello! How can I help?"
+    prompt = tok.decode(list(engine.admitted[1].prompt_token_ids))
+    # inside a tool round the chain of thought is kept, and the call is rendered as written
+    assert ("<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
+            "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
+            '<|message|>{"city":"Tokyo"}<|call|>'
+            "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny"
+            "<|end|><|start|>assistant") in prompt
+
+
+def test_stream_events_are_typed_numbered_and_add_up(serve):
+    client, _, _ = serve(REASON_AND_ANSWER)
+    events = list(client.responses.create(model=MODEL, input="Hi", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done")
+    assert "response.reasoning_text.delta" in kinds and "response.output_text.delta" in kinds
+    folded = fold_events(events)
+    final = folded["response"]
+    assert {i: item_text(item) for i, item in enumerate(final.output)} == folded["texts"]
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+
+
+def test_length_cut_is_incomplete(serve):
+    client, _, _ = serve(REASON_AND_ANSWER)
+    resp = client.responses.create(model=MODEL, input="Hi", max_output_tokens=5)
+    assert resp.status == "incomplete"
+    assert resp.incomplete_details.reason == "max_output_tokens"
+    assert resp.usage.output_tokens == 5 and resp.output[-1].status == "incomplete"
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"input": "x", "previous_response_id": "resp_nope"}, 404, "previous_response_id"),
+    ({"input": [{"type": "message", "role": "user"}]}, 400, "input.0.content"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, 400,
+     "input.0.call_id"),
+    ({"input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}]}, 400,
+     "input.0.call_id"),
+    ({"input": [{"type": "image", "url": "x"}]}, 400, "input.0"),
+    ({"input": "x", "tools": [{"type": "file_search"}]}, 400, "tools.0"),
+    ({"input": "x", "tools": [{"type": "code_interpreter"}]}, 400, "tools.0.type"),
+    ({"input": "x", "temperature": 3}, 400, "temperature"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {}}}},
+     400, "text.format"),
+    ({"input": "x", "text": {"format": {"type": "json_schema"}}}, 400, "text.format"),
+    ({"input": "x", "tool_choice": "required"}, 400, "tool_choice"),
+    ({"input": []}, 400, "input"),
+])
+def test_bad_requests_name_the_field(serve, body, status, param):
+    _, _, http = serve(REASON_AND_ANSWER)
+    r = http.post("/v1/responses", json={"model": MODEL, **body})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_not_found_and_delete(serve):
+    client, _, http = serve(REASON_AND_ANSWER)
+    resp = client.responses.create(model=MODEL, input="Hi")
+    assert http.delete(f"/v1/responses/{resp.id}").json() == {
+        "id": resp.id, "object": "response", "deleted": True}
+    for call in (lambda: client.responses.retrieve(resp.id),
+                 lambda: client.responses.delete(resp.id),
+                 lambda: client.responses.input_items.list(resp.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+
+
+def test_store_false_and_no_store(serve):
+    client, _, _ = serve(REASON_AND_ANSWER)
+    resp = client.responses.create(model=MODEL, input="Hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(resp.id)
+    off, _, http = serve(REASON_AND_ANSWER, responses_db=None)
+    assert off.responses.create(model=MODEL, input="Hi").store is False
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "x", "background": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "background"
+
+
+# ---- the server-run tool loop ----------------------------------------------------------------
+def test_python_tool_loop(serve, tok):
+    python = FakePython()
+    script = by_prompt([("python to=assistant", PY_ANSWER), (None, PY_CALL)])
+    client, engine, _ = serve(script, tools={"code_interpreter": python})
+    events = list(client.responses.create(model=MODEL, input="6 times 7?", stream=True,
+                                          tools=[{"type": "code_interpreter",
+                                                  "container": {"type": "auto"}}]))
+    final = fold_events(events)["response"]
+    assert [o.type for o in final.output] == ["reasoning", "code_interpreter_call", "message"]
+    call = final.output[1]
+    assert call.code == "6*7" and call.outputs[0].logs == "42" and call.status == "completed"
+    assert final.output_text == "The answer is 42."
+    assert python.calls == [(final.id, "python", "6*7")]
+    kinds = [e.type for e in events]
+    ci = list(dict.fromkeys(k for k in kinds if "code_interpreter" in k))
+    assert ci == ["response.code_interpreter_call.in_progress",
+                  "response.code_interpreter_call_code.delta",
+                  "response.code_interpreter_call_code.done",
+                  "response.code_interpreter_call.interpreting",
+                  "response.code_interpreter_call.completed"]
+    assert fold_events(events)["texts"][1] == "6*7"  # the code as streamed
+    assert len(engine.admitted) == 2
+    second = tok.decode(list(engine.admitted[1].prompt_token_ids))
+    assert "Runs Python. Times out after 7 seconds." in second  # the tool's own description
+    assert ("<|start|>assistant to=python<|channel|>analysis code<|message|>6*7<|call|>"
+            "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>"
+            "<|start|>assistant") in second
+    assert "Compute it." in second  # chain of thought kept inside the loop
+    assert final.usage.input_tokens == sum(len(r.prompt_token_ids) for r in engine.admitted)
+
+
+def test_tool_session_is_the_conversation(serve):
+    python = FakePython()
+    script = by_prompt([("python to=assistant", PY_ANSWER), (None, PY_CALL)])
+    client, _, _ = serve(script, tools={"code_interpreter": python})
+    tools = [{"type": "code_interpreter"}]
+    first = client.responses.create(model=MODEL, input="a", tools=tools)
+    second = client.responses.create(model=MODEL, input="b", tools=tools,
+                                     previous_response_id=first.id)
+    assert second.status == "completed"
+    assert [c[0] for c in python.calls] == [first.id, first.id]
+
+
+def test_browser_loop_cites(serve):
+    browser = FakeBrowser()
+    script = by_prompt([("browser.search to=assistant", CITED), (None, SEARCH_CALL)])
+    client, _, _ = serve(script, tools={"web_search": browser})
+    resp = client.responses.create(model=MODEL, input="Weather in Tokyo?",
+                                   tools=[{"type": "web_search_preview"}])
+    search, message = resp.output
+    assert search.type == "web_search_call" and search.action.query == "tokyo weather"
+    (note,) = message.content[0].annotations
+    text = message.content[0].text
+    assert note.type == "url_citation" and note.url == "file:///corpus/tokyo.md"
+    assert text[note.start_index:note.end_index] == "【0†L1】"
+    assert browser.calls[0][1] == "browser.search"
+
+
+def test_tool_turns_are_capped(serve):
+    python = FakePython()
+    client, engine, _ = serve(PY_CALL, tools={"code_interpreter": python}, max_tool_turns=2)
+    resp = client.responses.create(model=MODEL, input="loop", tools=[{"type": "code_interpreter"}])
+    assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_tool_turns"
+    assert len(python.calls) == 2 and len(engine.admitted) == 3
+    assert resp.output[-1].status == "incomplete"
+
+
+def test_tool_choice_none_offers_no_tools(serve, tok):
+    client, engine, _ = serve(REASON_AND_ANSWER, tools={"code_interpreter": FakePython()})
+    client.responses.create(model=MODEL, input="x", tool_choice="none",
+                            tools=[{"type": "code_interpreter"}, WEATHER_TOOL])
+    prompt = tok.decode(list(engine.admitted[0].prompt_token_ids))
+    assert "namespace python" not in prompt and "get_weather" not in prompt
