@@ -161,6 +161,11 @@ class ResponsesService:
         """Run `work`; whatever happens, store the result and forget the live run."""
         try:
             await work
+        except asyncio.CancelledError:
+            if not run.done:  # cancelled before the loop began (waiting for admission)
+                run.status = "cancelled"
+                run.wake()
+            raise
         finally:
             try:
                 self._save(run, events=True)
@@ -232,8 +237,11 @@ class ResponsesService:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if not run.done:  # cancelled before its task began
+        if not run.done:  # cancelled before its task ever ran: nothing stored it yet
             run.status = "cancelled"
+            run.wake()
+            self._save(run, events=True)
+            self.live.pop(run.id, None)
         return run.snapshot()
 
     async def close(self) -> None:
