@@ -6,27 +6,18 @@ stopping a tool loop."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from pathlib import Path
 
 import openai
 import pytest
-from asgi_server import serve_in_thread
 from e2e_support import MODEL, Running, wait_until
 
+from asgi_server import serve_in_thread
 from gptoss_serve.api.app import create_app
 from gptoss_serve.api.testing import FakeEngine, fixed_script, script_ids
 from gptoss_serve.config import ServerConfig
 from gptoss_serve.harmony.tokenizer import get_tokenizer
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
-from responses_support import (  # noqa: E402
-    REASON_AND_ANSWER,
-    FakePython,
-    by_prompt,
-    fold_events,
-)
+from responses_support import REASON_AND_ANSWER, FakePython, by_prompt, fold_events
 
 PY_CALL = "<|channel|>analysis to=python code<|message|>1+1<|call|>"
 
