@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class ServeOptions:
     kernels: str = "auto"  # auto | triton | reference (kernels/select.py)
     enforce_eager: bool = False  # no CUDA graphs for the decode step
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per core)
-    tools: ToolOptions = ToolOptions()  # the built-in tools of /v1/responses (tools/registry.py)
+    tools: ToolOptions = field(default_factory=ToolOptions)  # tools/registry.build_tools
 
 
 def served_name(model: str, explicit: str | None) -> str:
