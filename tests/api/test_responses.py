@@ -7,6 +7,11 @@ import json
 
 import openai
 import pytest
+from starlette.testclient import TestClient
+
+from gptoss_serve.api.app import create_app
+from gptoss_serve.api.testing import FakeEngine, fixed_script, script_ids
+from gptoss_serve.config import ServerConfig
 from responses_support import (
     REASON_AND_ANSWER,
     WEATHER_CALL,
@@ -17,11 +22,6 @@ from responses_support import (
     fold_events,
     item_text,
 )
-from starlette.testclient import TestClient
-
-from gptoss_serve.api.app import create_app
-from gptoss_serve.api.testing import FakeEngine, fixed_script, script_ids
-from gptoss_serve.config import ServerConfig
 
 MODEL = "gpt-oss-test"
 PY_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|>"
@@ -255,3 +255,20 @@ def test_tool_choice_none_offers_no_tools(serve, tok):
                             tools=[{"type": "code_interpreter"}, WEATHER_TOOL])
     prompt = tok.decode(list(engine.admitted[0].prompt_token_ids))
     assert "namespace python" not in prompt and "get_weather" not in prompt
+
+
+def test_openapi_describes_the_request_body(serve):
+    import jsonschema
+
+    _, _, http = serve(REASON_AND_ANSWER)
+    op = http.get("/openapi.json").json()["paths"]["/v1/responses"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    good = {"model": MODEL, "input": [{"role": "user", "content": "hi"},
+                                      {"type": "function_call_output", "call_id": "c",
+                                       "output": "x"}],
+            "tools": [{"type": "code_interpreter"}], "reasoning": {"effort": "low"}}
+    jsonschema.validate(good, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**good, "reasoning": {"effort": "extreme"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"input": "no model"}, schema)

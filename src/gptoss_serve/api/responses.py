@@ -292,10 +292,30 @@ def event_stream(events: AsyncIterator[dict[str, Any]], on_close: Any) -> Stream
 
 
 # ---- routes ----------------------------------------------------------------------------------
+def _request_body(model: type[ResponsesRequest]) -> dict[str, Any]:
+    """The request model's JSON schema for /openapi.json (the body is parsed by parse_body, so
+    FastAPI cannot see it), with its `$defs` written inline."""
+    schema = model.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    content = {"application/json": {"schema": inline(schema)}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def responses_router(service: ResponsesService) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
-    @r.post("/responses")
+    @r.post("/responses", openapi_extra=_request_body(ResponsesRequest))
     async def create(request: Request) -> Response:
         return await service.create(request)
 
