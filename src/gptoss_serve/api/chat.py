@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gptoss_serve.api.chat_tools import builtin_types, create_chat_with_tools
 from gptoss_serve.api.choice import ChoiceState
 from gptoss_serve.api.context import ApiContext, new_id, sampling_params
 from gptoss_serve.api.schemas import (
@@ -55,7 +56,7 @@ def offered_tools(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     """The function tools the model is told about (none when tool_choice is 'none')."""
     if req.tool_choice == "none" or not req.tools:
         return []
-    return [t.model_dump(exclude_none=True) for t in req.tools]
+    return [t.model_dump(exclude_none=True) for t in req.tools if t.type == "function"]
 
 
 def render_messages(
@@ -72,6 +73,10 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     req = parse_body(ChatCompletionRequest, await request.body())
     ctx.check_model(req.model)
     check_supported(req)
+    if builtin_types(req):  # extension: the server runs python / browser (api/chat_tools.py)
+        service = request.app.state.responses
+        return await create_chat_with_tools(ctx, request, req, service.tools,
+                                            service.max_tool_turns)
     tools = offered_tools(req)
     prompt = render_messages(ctx, req.messages, req.reasoning_effort, tools)
     n_prompt = len(prompt.token_ids)
