@@ -74,10 +74,12 @@ def test_browser_citations_in_chat_shape(chat):
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"n": 2}, "n"), ({"stop": "x"}, "stop"), ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
-    ({"tools": [{"type": "function"}]}, "tools.0"),
+    ({"tools": [{"type": "function"}]}, "tools.0"), ({"tool_choice": "required"}, "tool_choice"),
+    ({"model": "other"}, "model"),
 ])
 def test_chat_tool_refusals(chat, extra, param):
     _, _, http = chat([(None, PY_ANSWER)], {"code_interpreter": FakePython()})
     body = {"model": MODEL, "messages": USER, "tools": [{"type": "code_interpreter"}], **extra}
     r = http.post("/v1/chat/completions", json=body)
-    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert r.status_code == (404 if param == "model" else 400), r.text
+    assert r.json()["error"]["param"] == param

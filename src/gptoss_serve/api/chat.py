@@ -71,12 +71,12 @@ def render_messages(
 
 async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     req = parse_body(ChatCompletionRequest, await request.body())
-    ctx.check_model(req.model)
-    check_supported(req)
     if builtin_types(req):  # extension: the server runs python / browser (api/chat_tools.py)
         service = request.app.state.responses
         return await create_chat_with_tools(ctx, request, req, service.tools,
                                             service.max_tool_turns)
+    ctx.check_model(req.model)
+    check_supported(req)
     tools = offered_tools(req)
     prompt = render_messages(ctx, req.messages, req.reasoning_effort, tools)
     n_prompt = len(prompt.token_ids)

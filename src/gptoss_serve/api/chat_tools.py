@@ -7,7 +7,8 @@ Owns the mapping of a finished (or streaming) Responses run onto chat fields: re
 the plain chat mapping does), function calls -> `tool_calls`, the built-in calls the server ran ->
 the extension field `builtin_tool_calls` (the Responses items), browser citations ->
 `annotations` in OpenAI's chat shape (`{"type": "url_citation", "url_citation": {...}}`).
-Refused with a 400: `n` > 1, `logprobs`, `stop` (they have no meaning across a tool loop here).
+Refused with a 400: `n` > 1, `logprobs`, `stop`, `tool_choice` required/named and a
+`response_format` (not supported across a tool loop here).
 Knows nothing of the store (runs are never stored) or the tools' insides.
 """
 
@@ -43,7 +44,10 @@ def builtin_types(req: ChatCompletionRequest) -> list[str]:
 
 
 def _check(req: ChatCompletionRequest, enabled: dict[str, Any]) -> None:
-    for field, bad in (("n", req.n > 1), ("logprobs", req.logprobs), ("stop", req.stop_strings())):
+    constrained = req.tool_choice not in (None, "auto", "none")
+    formatted = req.response_format is not None and req.response_format.type != "text"
+    for field, bad in (("n", req.n > 1), ("logprobs", req.logprobs), ("stop", req.stop_strings()),
+                       ("tool_choice", constrained), ("response_format", formatted)):
         if bad:
             raise InvalidRequestError(f"{field} is not supported together with built-in tools",
                                       param=field)
@@ -74,6 +78,7 @@ def _loop(ctx: ApiContext, req: ChatCompletionRequest, enabled: dict[str, Any],
 
 async def create_chat_with_tools(ctx: ApiContext, request: Request, req: ChatCompletionRequest,
                                  enabled: dict[str, Any], max_turns: int) -> Response:
+    ctx.check_model(req.model)
     _check(req, enabled)
     run, loop = _loop(ctx, req, enabled, max_turns)
     outputs = await unless_disconnected(request, loop.start_call())

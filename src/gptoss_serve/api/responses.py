@@ -49,9 +49,12 @@ class NotFoundError(GptOssServeError):
     code = "not_found"
 
 
-def constrained_decoding_hook(req: ResponsesRequest) -> None:
-    """`text.format` json_schema/json_object and `tool_choice` required/named need constrained
-    decoding; until the engine has it they are validated, then refused with a clear 400."""
+def constrained_decoding_hook(req: ResponsesRequest) -> Any:
+    """The run's constraint (SamplingParams.constraint) for `text.format` json_schema /
+    json_object and `tool_choice` required / named. Until constrained decoding lands (branch
+    i12: `constrain.build_constraint(response_format=req.format_dict(), tools=
+    req.function_tools(), tool_choice=..., parallel_tool_calls=...)`) they are validated by the
+    request model, then refused here with a clear 400; None means unconstrained."""
     fmt = req.text.format if req.text else None
     if fmt is not None and fmt.type != "text":
         raise InvalidRequestError(
@@ -61,6 +64,7 @@ def constrained_decoding_hook(req: ResponsesRequest) -> None:
         raise InvalidRequestError(
             "tool_choice 'required' and named tools need constrained decoding, which this "
             "server does not support yet; use 'auto' or 'none'.", param="tool_choice")
+    return None
 
 
 class ResponsesService:
@@ -76,14 +80,14 @@ class ResponsesService:
     async def create(self, request: Request) -> Response:
         req = parse_body(ResponsesRequest, await request.body())
         self.ctx.check_model(req.model)
-        constrained_decoding_hook(req)
+        constraint = constrained_decoding_hook(req)
         if self.store is None:
             if req.background:
                 raise InvalidRequestError("background responses need the response store, "
                                           "which this server runs without (--no-store)",
                                           param="background")
             req = req.model_copy(update={"store": False})
-        run, loop = self._new_run(req)
+        run, loop = self._new_run(req, constraint)
         if req.background:
             return self._start_background(run, loop)
         outputs = await unless_disconnected(request, loop.start_call())
@@ -99,7 +103,7 @@ class ResponsesService:
             return Response(status_code=499)
         return JSONResponse(run.snapshot())
 
-    def _new_run(self, req: ResponsesRequest) -> tuple[ResponseRun, ToolLoop]:
+    def _new_run(self, req: ResponsesRequest, constraint: Any) -> tuple[ResponseRun, ToolLoop]:
         parent = self._parent(req.previous_response_id)
         history = parent.messages if parent else []
         turn = turn_input(req, history)
@@ -110,8 +114,9 @@ class ResponsesService:
         options = RenderOptions(
             reasoning_effort=req.effort(), current_date=self.ctx.current_date(),
             tools=(req.function_tools() or None) if req.tool_choice != "none" else None,
-            builtin_tools=tuple(t.description() for t in tools.values()))
-        plan = LoopPlan(turn.instructions, options, tools, self.max_tool_turns)
+            builtin_tools=tuple(t.description() for t in tools.values()),
+            response_format=req.format_dict())
+        plan = LoopPlan(turn.instructions, options, tools, self.max_tool_turns, constraint)
         return run, ToolLoop(self.ctx, run, plan)
 
     def _parent(self, previous_id: str | None) -> StoredResponse | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ class LoopPlan:
     options: RenderOptions
     tools: dict[str, BuiltinTool]  # enabled built-in tools offered to this run, by tool type
     max_tool_turns: int
+    constraint: Any = None  # SamplingParams.constraint (responses.constrained_decoding_hook)
 
 
 class ToolLoop:
@@ -65,6 +67,8 @@ class ToolLoop:
             temperature=req.temperature if req.temperature is not None else DEFAULT_TEMPERATURE,
             top_p=req.top_p if req.top_p is not None else 1.0,
             seed=req.seed, max_tokens=max_tokens, stop_token_ids=tuple(prompt.stop_token_ids))
+        if self.plan.constraint is not None:
+            params = dataclasses.replace(params, constraint=self.plan.constraint)
         return EngineRequest(new_id("resp"), tuple(prompt.token_ids), params)
 
     async def start_call(self) -> Any:
