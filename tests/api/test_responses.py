@@ -161,6 +161,8 @@ def test_bad_requests_name_the_field(serve, body, status, param):
 def test_not_found_and_delete(serve):
     client, _, http = serve(REASON_AND_ANSWER)
     resp = client.responses.create(model=MODEL, input="Hi")
+    r = http.get(f"/v1/responses/{resp.id}?stream=true")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
     assert http.delete(f"/v1/responses/{resp.id}").json() == {
         "id": resp.id, "object": "response", "deleted": True}
     for call in (lambda: client.responses.retrieve(resp.id),

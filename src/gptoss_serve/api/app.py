@@ -3,7 +3,7 @@
 Owns the HTTP surface: which path goes to which handler, the bearer-key check on /v1 routes, and
 the rule that every failure leaves as an OpenAI-shaped error (400 for bad input, never a 422; 500
 only for our own bugs). Knows nothing of torch or the engine's insides; handlers live in
-chat.py and completions.py.
+chat.py, completions.py and responses.py (whose service, store and tools close with the app).
 """
 
 from __future__ import annotations

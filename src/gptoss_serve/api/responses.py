@@ -203,8 +203,11 @@ class ResponsesService:
         if run is not None:
             return event_stream(run.follow(after), on_close=lambda: None)
         self._stored(rid)
-        events = self.store.events(rid, after) if self.store else []
-        return event_stream(_replay(events), on_close=lambda: None)
+        if self.store is None or not self.store.events(rid, -1)[:1]:
+            raise InvalidRequestError(
+                f"Response '{rid}' was created without stream or background, so it has no "
+                "events to stream.", param="stream")
+        return event_stream(_replay(self.store.events(rid, after)), on_close=lambda: None)
 
     def delete(self, rid: str) -> dict[str, Any]:
         run = self.live.pop(rid, None)
