@@ -21,7 +21,8 @@ FIND_CONTEXT_LINES = 4
 FIND_MAX_RESULTS = 50
 _LINK_MARK = re.compile(r"【\d+†(?P<text>[^†】]+)(?:†[^†】]+)?】")
 _MD_LINK = re.compile(r"(?<!!)\[(?P<text>[^\]\n]+)\]\((?P<url>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
-_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head", "iframe", "canvas"}
+_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head", "iframe", "canvas",
+              "title"}
 _PARAGRAPH_TAGS = {"p", "ul", "ol", "table", "blockquote", "pre", "figure", "dl", "hr", "h1", "h2",
                    "h3", "h4", "h5", "h6"}  # a blank line before and after
 _BLOCK_TAGS = {"div", "section", "article", "header", "footer", "main", "nav", "aside", "tr",
@@ -193,7 +194,7 @@ def html_page(html: str, url: str, title: str | None = None) -> Page:
 
 def markdown_page(text: str, url: str, title: str | None = None) -> Page:
     """Markdown (or plain text): `[text](url)` links become marks; the title is `title`, else the
-    first `# heading`, else the domain."""
+    first `# heading`, else a short first line, else the domain."""
     table = _LinkTable(url)
     body = clean_text(text)
 
@@ -204,7 +205,12 @@ def markdown_page(text: str, url: str, title: str | None = None) -> Page:
     body = _MD_LINK.sub(replace, body)
     if not title:
         heading = re.search(r"^#\s+(.+)$", text, flags=re.MULTILINE)
-        title = heading.group(1).strip() if heading else domain_of(url)
+        first = next((line.strip() for line in text.split("\n") if line.strip()), "")
+        if heading:
+            title = heading.group(1).strip()
+        else:
+            title = first if 0 < len(first) <= 100 else domain_of(url)
+        title = strip_link_marks(clean_text(title))
     return Page(url=url, title=title, text=_with_url(url, body.strip()), links=table.links)
 
 
