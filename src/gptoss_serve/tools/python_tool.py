@@ -9,7 +9,6 @@ and the `code_interpreter_call` item. How the process is confined is sandbox.py'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import json
@@ -17,8 +16,6 @@ import logging
 import os
 import select
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -103,13 +100,8 @@ class _Kernel:
         return line
 
     def kill(self) -> None:
-        """Kill the sandbox and everything in it (its own process group and pid namespace)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        """Kill the sandbox and everything in it (its pid namespace, its process group)."""
+        sandbox.kill_tree(self._proc)
         for pipe in (self._proc.stdin, self._proc.stdout):
             try:
                 if pipe is not None:
