@@ -162,3 +162,18 @@ def test_description_states_the_real_timeout(tool):
     assert f"time out after {TIMEOUT!r} seconds" in text
     assert "120.0" not in text
     assert "Internet access for this session is disabled." in text
+
+
+def test_long_output_is_cut_visibly(tool):
+    out = run(tool, "print('y' * 100_000)")
+    assert out.text.endswith("\n[output truncated to 16000 bytes]")
+    assert out.text.split("\n")[0] == "y" * 16_000
+
+
+def test_background_processes_do_not_outlive_a_call(tool):
+    started = run(tool, "import subprocess\np = subprocess.Popen(['sleep', '100'])\nprint('ok')",
+                  "strays")
+    assert started.text == "ok\n"
+    listed = run(tool, "import os\nsorted(int(p) for p in os.listdir('/proc') if p.isdigit())",
+                 "strays")
+    assert listed.text.strip() == "[1, 2]"  # the namespace's init and the kernel, nothing else

@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -94,13 +95,16 @@ def _reap_strays(own_namespace: bool) -> None:
     if own_namespace and os.getpid() < 10:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(-1, signal.SIGKILL)
-    while True:
+    deadline = time.monotonic() + 1.0
+    while True:  # reap our own children (killed ones may take a moment to die)
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
-            return
+            if not own_namespace or time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
 
 
 def _open_stream() -> Any:

@@ -9,7 +9,6 @@ and the `code_interpreter_call` item. How the process is confined is sandbox.py'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import json
@@ -17,13 +16,12 @@ import logging
 import os
 import select
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +100,8 @@ class _Kernel:
         return line
 
     def kill(self) -> None:
-        """Kill the sandbox and everything in it (its own process group and pid namespace)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        """Kill the sandbox and everything in it (its pid namespace, its process group)."""
+        sandbox.kill_tree(self._proc)
         for pipe in (self._proc.stdin, self._proc.stdout):
             try:
                 if pipe is not None:
@@ -133,7 +126,7 @@ class PythonTool:
     tool_type = "code_interpreter"
 
     def __init__(self, *, timeout: float = 120.0, memory_mb: int = 1024, sandboxed: bool = True,
-                 max_processes: int = 64, max_output_bytes: int = 64_000,
+                 max_processes: int = 64, max_output_bytes: int = 16_000,
                  scratch_mb: int = 256, max_sessions: int = 32) -> None:
         python = sandbox.sandbox_python() if sandboxed else sys.executable
         if python is None:
@@ -151,6 +144,8 @@ class PythonTool:
         self._root = Path(tempfile.mkdtemp(prefix="gptoss-python-"))
         self._root.chmod(0o711)  # the sandbox's own uid must reach its scratch dir inside
         self._kernel_source = Path(kernel.__file__).read_text()
+        # own threads: long cells must not occupy the event loop's default executor
+        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="python-tool")
 
     # ---- the interface -------------------------------------------------------------------------
     def description(self) -> dict[str, Any]:
@@ -165,7 +160,8 @@ class PythonTool:
     async def run(self, session_id: str, recipient: str, body: str) -> ToolOutput:
         session = self._session(session_id)
         try:
-            text, ok = await asyncio.to_thread(self._execute, session, body)
+            loop = asyncio.get_running_loop()
+            text, ok = await loop.run_in_executor(self._workers, self._execute, session, body)
         except asyncio.CancelledError:
             self._stop_kernel(session)  # the worker thread then sees EOF and returns
             raise
@@ -190,6 +186,7 @@ class PythonTool:
             ids = list(self._sessions)
         for session_id in ids:
             self.close_session(session_id)
+        self._workers.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self._root, ignore_errors=True)
 
     # ---- sessions and kernels --------------------------------------------------------------------

@@ -43,4 +43,32 @@ def _python(options: ToolOptions) -> tuple[BuiltinTool | None, str]:
 
 
 def _browser(options: ToolOptions) -> tuple[BuiltinTool | None, str]:
-    return None, "browser tool (web_search): off (not built yet)"
+    from gptoss_serve.tools.browser_tool import BrowserTool
+    from gptoss_serve.tools.search_backends import ExaSearch, LocalCorpus, SearchBackend, YouSearch
+    from gptoss_serve.tools.web_fetch import Fetcher
+
+    name = "browser tool (web_search)"
+    backend: SearchBackend
+    if options.browser_backend == "local":
+        if not options.browser_corpus:
+            return None, f"{name}: off (the local backend needs --browser-corpus DIR)"
+        try:
+            corpus = LocalCorpus(options.browser_corpus, options.browser_max_page_bytes)
+        except ValueError as exc:
+            return None, f"{name}: off ({exc})"
+        backend, what = corpus, f"local corpus {options.browser_corpus} ({corpus.size} documents)"
+    else:
+        if not options.browser_api_key:
+            env = "EXA_API_KEY" if options.browser_backend == "exa" else "YDC_API_KEY"
+            return None, (f"{name}: off (the {options.browser_backend} backend needs "
+                          f"--browser-api-key or ${env})")
+        kind = ExaSearch if options.browser_backend == "exa" else YouSearch
+        backend = kind(options.browser_api_key, options.browser_search_url)
+        what = f"{options.browser_backend} search at {backend.base_url}"
+    fetcher = Fetcher(allow_private=options.browser_allow_private,
+                      max_bytes=options.browser_max_page_bytes)
+    guard = ("private addresses ALLOWED (--browser-allow-private)"
+             if options.browser_allow_private else "private and loopback addresses refused")
+    return BrowserTool(backend, fetcher), (
+        f"{name}: on, {what}; open fetches at most {options.browser_max_page_bytes} bytes, "
+        f"{guard}")

@@ -10,9 +10,11 @@ are set by the kernel (kernel.py) before any model code runs. Must not know the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -64,8 +66,9 @@ def bwrap_argv(scratch: Path, command: list[str], tmp_bytes: int) -> list[str]:
         "--size", str(tmp_bytes), "--tmpfs", "/tmp",
         "--bind", str(scratch), SCRATCH, "--chdir", SCRATCH,
         "--unshare-all", "--hostname", "sandbox",
-        "--new-session", "--clearenv",  # no --die-with-parent: it follows the starting thread;
-        # a kernel whose server is gone sees EOF on its stdin and exits
+        # --die-with-parent follows the thread that started bwrap: python_tool.py starts kernels
+        # on its own long-lived worker threads (and a kernel that loses its stdin exits anyway)
+        "--die-with-parent", "--new-session", "--clearenv",
     ]
     for key, value in CLEAN_ENV.items():
         argv += ["--setenv", key, value]
@@ -105,6 +108,44 @@ def process_count(uid: int) -> int:
             except OSError:
                 continue
     return count
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process (bwrap's child is the sandbox's pid-namespace init)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(p) for p in text.split()]
+    except (OSError, ValueError):
+        pass
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a sandbox: first bwrap's children (killing a pid-namespace init takes every
+    process of the namespace with it, and bwrap then reaps it), then bwrap's group; reap bwrap."""
+    for pid in children_of(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=2)  # bwrap reaps its child and exits by itself
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def popen(launch: Launch) -> subprocess.Popen[bytes]:
