@@ -274,3 +274,14 @@ def test_openapi_describes_the_request_body(serve):
         jsonschema.validate({**good, "reasoning": {"effort": "extreme"}}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"input": "no model"}, schema)
+
+
+def test_empty_call_arguments_stream_as_braces(serve):
+    empty = ("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+             "<|call|>")
+    client, _, _ = serve(empty)
+    events = list(client.responses.create(model=MODEL, input="x", tools=[WEATHER_TOOL],
+                                          stream=True))
+    folded = fold_events(events)
+    (call,) = folded["response"].output
+    assert call.arguments == "{}" == folded["texts"][0]

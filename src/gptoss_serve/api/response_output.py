@@ -152,7 +152,11 @@ class OutputMapper:
         if cur.kind in ("reasoning", "message"):
             self._close_text(cur, text, status, base)
         elif cur.kind == "function_call":
-            cur.item.update(arguments=text or "{}", status=status)
+            if not text and complete:  # an empty finished call gets `{}`, streamed like the rest
+                text = "{}"
+                self._emit("response.function_call_arguments.delta", **base, delta=text)
+                self.messages[-1]["content"] = text
+            cur.item.update(arguments=text, status=status)
             self._emit("response.function_call_arguments.done", **base,
                        arguments=cur.item["arguments"], name=cur.item["name"])
             self._emit("response.output_item.done", output_index=cur.output_index,
