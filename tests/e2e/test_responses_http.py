@@ -17,7 +17,7 @@ from gptoss_serve.api.app import create_app
 from gptoss_serve.api.testing import FakeEngine, fixed_script, script_ids
 from gptoss_serve.config import ServerConfig
 from gptoss_serve.harmony.tokenizer import get_tokenizer
-from responses_support import REASON_AND_ANSWER, FakePython, by_prompt, fold_events
+from responses_support import REASON_AND_ANSWER, FakePython, by_prompt, fold_events, item_text
 
 PY_CALL = "<|channel|>analysis to=python code<|message|>1+1<|call|>"
 
@@ -148,3 +148,18 @@ def test_client_leaving_stops_the_tool_loop(serve):
     stream.close()
     wait_until(lambda: python.cancelled == 1, "the tool call cancelled")
     assert rid and len(engine.admitted) == 1  # no further model call
+
+
+def test_real_engine_stream_equals_stored(tiny_server):
+    """The tiny random model (real engine, noise output): whatever it writes, the stream adds up
+    to the stored response and the status says how it ended."""
+    client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="x", max_retries=0)
+    events = list(client.responses.create(model=MODEL, input="hi", max_output_tokens=24,
+                                          stream=True, temperature=0))
+    folded = fold_events(events)
+    final = folded["response"]
+    assert final.status in ("completed", "incomplete")
+    assert final.usage.output_tokens <= 24
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+    texts = {i: item_text(item) for i, item in enumerate(final.output)}
+    assert {i: t for i, t in texts.items() if t} == {i: t for i, t in folded["texts"].items() if t}
