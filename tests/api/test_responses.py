@@ -249,6 +249,9 @@ def test_tool_turns_are_capped(serve):
     assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_tool_turns"
     assert len(python.calls) == 2 and len(engine.admitted) == 3
     assert resp.output[-1].status == "incomplete"
+    capped = client.responses.create(model=MODEL, input="loop", max_tool_calls=1,
+                                     tools=[{"type": "code_interpreter"}])
+    assert capped.incomplete_details.reason == "max_tool_turns" and len(python.calls) == 3
 
 
 def test_tool_choice_none_offers_no_tools(serve, tok):
@@ -285,3 +288,51 @@ def test_empty_call_arguments_stream_as_braces(serve):
     folded = fold_events(events)
     (call,) = folded["response"].output
     assert call.arguments == "{}" == folded["texts"][0]
+
+
+def _sse_events(http, body):
+    with http.stream("POST", "/v1/responses", json={"model": MODEL, "stream": True, **body}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    events = []
+    for block in raw.strip().split("\n\n"):
+        name, data = block.split("\n", 1)
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        events.append(event)
+    return events
+
+
+def _event_models():
+    """The openai package's event model for each event type."""
+    import typing
+
+    from openai.types.responses import ResponseStreamEvent
+
+    union = typing.get_args(ResponseStreamEvent)[0]
+    return {typing.get_args(m.model_fields["type"].annotation)[0]: m
+            for m in typing.get_args(union)}
+
+
+@pytest.mark.parametrize("case", ["answer", "function", "python", "browser"])
+def test_events_and_bodies_validate_against_the_client_types(serve, case):
+    """Strict validation with the openai package's own models (its stream reader does not
+    validate)."""
+    from openai.types.responses import Response
+
+    script, tools, body = {
+        "answer": (REASON_AND_ANSWER, {}, {}),
+        "function": (WEATHER_CALL, {}, {"tools": [WEATHER_TOOL]}),
+        "python": (by_prompt([("python to=assistant", PY_ANSWER), (None, PY_CALL)]),
+                   {"code_interpreter": FakePython()}, {"tools": [{"type": "code_interpreter"}]}),
+        "browser": (by_prompt([("browser.search to=assistant", CITED), (None, SEARCH_CALL)]),
+                    {"web_search": FakeBrowser()}, {"tools": [{"type": "web_search"}]}),
+    }[case]
+    _, _, http = serve(script, tools=tools)
+    events = _sse_events(http, {"input": "x", **body})
+    models = _event_models()
+    for event in events:
+        models[event["type"]].model_validate(event)
+    final = events[-1]["response"]
+    Response.model_validate(final)
+    Response.model_validate(http.get(f"/v1/responses/{final['id']}").json())

@@ -32,7 +32,8 @@ class Usage:
     def to_dict(self) -> dict[str, Any]:
         return {
             "input_tokens": self.input_tokens,
-            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "input_tokens_details": {"cached_tokens": self.cached_tokens,
+                                     "cache_write_tokens": 0},
             "output_tokens": self.output_tokens,
             "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.input_tokens + self.output_tokens,
@@ -114,7 +115,7 @@ class ResponseRun:
             "temperature": req.temperature if req.temperature is not None else DEFAULT_TEMPERATURE,
             "text": {"format": fmt},
             "tool_choice": tool_choice,
-            "tools": [t.model_dump(exclude_none=True) for t in req.tools],
+            "tools": [t.echo() for t in req.tools],
             "top_p": req.top_p if req.top_p is not None else 1.0,
             "truncation": "disabled",
             "usage": self.usage.to_dict() if self.status in TERMINAL else None,

@@ -116,7 +116,8 @@ class ResponsesService:
             tools=(req.function_tools() or None) if req.tool_choice != "none" else None,
             builtin_tools=tuple(t.description() for t in tools.values()),
             response_format=req.format_dict())
-        plan = LoopPlan(turn.instructions, options, tools, self.max_tool_turns, constraint)
+        turns = min(self.max_tool_turns, req.max_tool_calls or self.max_tool_turns)
+        plan = LoopPlan(turn.instructions, options, tools, turns, constraint)
         return run, ToolLoop(self.ctx, run, plan)
 
     def _parent(self, previous_id: str | None) -> StoredResponse | None:

@@ -17,7 +17,8 @@ from gptoss_serve.api.schemas import _Strict
 from gptoss_serve.errors import InvalidRequestError
 
 BUILTIN_TYPES = {"code_interpreter": "code_interpreter", "web_search": "web_search",
-                 "web_search_preview": "web_search"}  # accepted type -> canonical tool type
+                 "web_search_2025_08_26": "web_search", "web_search_preview": "web_search",
+                 "web_search_preview_2025_03_11": "web_search"}  # type -> canonical tool type
 
 
 # ---- input items -----------------------------------------------------------------------------
@@ -141,6 +142,14 @@ class ToolDecl(_Strict):
             raise ValueError(f"unsupported tool type {self.type!r}; supported: function, "
                              + ", ".join(BUILTIN_TYPES))
         return self
+
+    def echo(self) -> dict[str, Any]:
+        """The tool as the response object lists it (a code_interpreter always names a
+        container: one sandbox per conversation here, `auto`)."""
+        out = self.model_dump(exclude_none=True)
+        if self.type == "code_interpreter" and self.container is None:
+            out["container"] = {"type": "auto"}
+        return out
 
 
 class TextFormat(_Strict):
