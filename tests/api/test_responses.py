@@ -336,3 +336,41 @@ def test_events_and_bodies_validate_against_the_client_types(serve, case):
     final = events[-1]["response"]
     Response.model_validate(final)
     Response.model_validate(http.get(f"/v1/responses/{final['id']}").json())
+
+
+def test_input_items_validate_and_page(serve):
+    import typing
+
+    from openai.types.responses import ResponseItem
+
+    _, _, http = serve(REASON_AND_ANSWER)
+    items = [{"role": "developer", "content": "Be kind."},
+             {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+             {"type": "function_call", "call_id": "c1", "name": "get_weather",
+              "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]
+    rid = http.post("/v1/responses", json={"model": MODEL, "input": items,
+                                           "tools": [WEATHER_TOOL]}).json()["id"]
+    page = http.get(f"/v1/responses/{rid}/input_items?order=asc").json()
+    union = typing.get_args(typing.get_args(ResponseItem)[0])
+    by_type = {}
+    for model in union:
+        for t in typing.get_args(model.model_fields["type"].annotation):
+            by_type.setdefault(t, []).append(model)
+    for item in page["data"]:
+        errors = []
+        for model in by_type[item["type"]]:
+            try:
+                model.model_validate(item)
+                break
+            except Exception as exc:  # another model of the same type may fit
+                errors.append(exc)
+        else:
+            raise AssertionError(errors)
+    assert [i["type"] for i in page["data"]] == ["message", "message", "function_call",
+                                                 "function_call_output"]
+    first = http.get(f"/v1/responses/{rid}/input_items?limit=2").json()
+    assert first["has_more"] and len(first["data"]) == 2
+    assert first["data"][0]["type"] == "function_call_output"  # newest first by default
+    rest = http.get(f"/v1/responses/{rid}/input_items?limit=2&after={first['last_id']}").json()
+    assert [i["type"] for i in rest["data"]] == ["message", "message"] and not rest["has_more"]

@@ -281,11 +281,11 @@ def _input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     for item in items:
         d = item.model_dump(exclude_none=True, by_alias=True)
         d.setdefault("id", item_id("msg" if d.get("type") == "message" else "item"))
-        if d.get("type") == "message":
+        if d.get("type") in ("message", "function_call", "function_call_output"):
             d.setdefault("status", "completed")
-            if isinstance(d.get("content"), str):
-                kind = "output_text" if d.get("role") == "assistant" else "input_text"
-                d["content"] = [{"type": kind, "text": d["content"]}]
+        if d.get("type") == "message" and isinstance(d.get("content"), str):
+            kind = "output_text" if d.get("role") == "assistant" else "input_text"
+            d["content"] = [{"type": kind, "text": d["content"]}]
         out.append(d)
     return out
 
