@@ -374,3 +374,17 @@ def test_input_items_validate_and_page(serve):
     assert first["data"][0]["type"] == "function_call_output"  # newest first by default
     rest = http.get(f"/v1/responses/{rid}/input_items?limit=2&after={first['last_id']}").json()
     assert [i["type"] for i in rest["data"]] == ["message", "message"] and not rest["has_more"]
+
+
+def test_context_too_long_is_a_400_before_anything_streams(serve):
+    _, engine, http = serve(REASON_AND_ANSWER)
+    long = "word " * (engine.max_model_len + 10)
+    for stream in (False, True):
+        r = http.post("/v1/responses", json={"model": MODEL, "input": long, "stream": stream})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+        assert r.json()["error"]["code"] == "context_length_exceeded"
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "hi",
+                                         "max_output_tokens": engine.max_model_len})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens"
+    assert "max_output_tokens" in r.json()["error"]["message"]
+    assert engine.admitted == []

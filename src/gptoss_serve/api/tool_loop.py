@@ -27,7 +27,7 @@ from gptoss_serve.api.response_output import OutputMapper, PendingCall
 from gptoss_serve.api.response_run import DEFAULT_TEMPERATURE, ResponseRun
 from gptoss_serve.api.streaming import prime
 from gptoss_serve.engine.request import EngineRequest, SamplingParams, StepOutput
-from gptoss_serve.errors import GptOssServeError
+from gptoss_serve.errors import ContextLengthError, GptOssServeError
 from gptoss_serve.harmony.render import RenderOptions, declared_function_names
 from gptoss_serve.tools.base import BuiltinTool
 
@@ -61,7 +61,12 @@ class ToolLoop:
         if budget is not None:
             budget = max(1, budget - run.usage.output_tokens)
         n = len(prompt.token_ids)
-        max_tokens = ctx.max_tokens_for(n, budget, ctx.config.default_max_tokens)
+        try:
+            max_tokens = ctx.max_tokens_for(n, budget, ctx.config.default_max_tokens)
+        except ContextLengthError as exc:  # name this API's fields
+            exc.param = "max_output_tokens" if exc.param == "max_tokens" else "input"
+            exc.message = exc.message.replace("max_tokens", "max_output_tokens")
+            raise
         req = run.req
         params = SamplingParams(
             temperature=req.temperature if req.temperature is not None else DEFAULT_TEMPERATURE,
