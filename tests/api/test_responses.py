@@ -388,3 +388,25 @@ def test_context_too_long_is_a_400_before_anything_streams(serve):
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens"
     assert "max_output_tokens" in r.json()["error"]["message"]
     assert engine.admitted == []
+
+
+def test_engine_death_mid_loop_fails_the_response(serve):
+    class Killer(FakePython):
+        async def run(self, session_id, recipient, body):
+            engine.dead = True  # the engine dies while the tool runs
+            return await super().run(session_id, recipient, body)
+
+    script = by_prompt([("python to=assistant", PY_ANSWER), (None, PY_CALL)])
+    client, engine, http = serve(script, tools={"code_interpreter": Killer()})
+    events = list(client.responses.create(model=MODEL, input="x", stream=True,
+                                          tools=[{"type": "code_interpreter"}]))
+    assert events[-1].type == "response.failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "server_error"
+    assert "engine" in failed.error.message
+    from openai.types.responses import Response
+
+    Response.model_validate(events[-1].model_dump()["response"])
+    assert client.responses.retrieve(failed.id).status == "failed"
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "x"})  # dead from the start
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"

@@ -35,7 +35,7 @@ from gptoss_serve.api.responses_schemas import (
 from gptoss_serve.api.schemas import parse_body
 from gptoss_serve.api.sse import sse_response, typed_frame
 from gptoss_serve.api.streaming import unless_disconnected
-from gptoss_serve.api.tool_loop import LoopPlan, ToolLoop
+from gptoss_serve.api.tool_loop import LoopPlan, ToolLoop, error_code
 from gptoss_serve.errors import GptOssServeError, InvalidRequestError
 from gptoss_serve.harmony.render import RenderOptions
 from gptoss_serve.tools.base import BuiltinTool
@@ -150,7 +150,7 @@ class ResponsesService:
             try:
                 outputs = await loop.start_call()
             except GptOssServeError as exc:
-                run.status, run.error = "failed", {"code": exc.code or exc.error_type,
+                run.status, run.error = "failed", {"code": error_code(exc),
                                                    "message": exc.message}
                 run.emit("response.failed", response=run.snapshot())
                 return

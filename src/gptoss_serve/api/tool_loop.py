@@ -34,6 +34,13 @@ from gptoss_serve.tools.base import BuiltinTool
 log = logging.getLogger("gptoss_serve.responses")
 
 
+def error_code(exc: GptOssServeError) -> str:
+    """OpenAI's `response.error.code` for one of our errors (its list is closed)."""
+    if exc.status == 429:
+        return "rate_limit_exceeded"
+    return "invalid_prompt" if exc.status < 500 else "server_error"
+
+
 @dataclass
 class LoopPlan:
     """Everything the loop needs besides the run (fixed for the whole run)."""
@@ -126,7 +133,7 @@ class ToolLoop:
             run.wake()
             raise
         except GptOssServeError as exc:
-            self._fail(exc.code or exc.error_type, exc.message)
+            self._fail(error_code(exc), exc.message)
         except Exception as exc:  # our bug: the run fails visibly, the server keeps serving
             log.exception("response %s failed", run.id)
             self._fail("server_error", f"internal error: {type(exc).__name__}")
