@@ -1,7 +1,10 @@
 """Full tool loops over real HTTP with the real built-in tools and a scripted model: python
-computes in its sandbox (state kept across a previous_response_id chain)."""
+computes in its sandbox (state kept across a previous_response_id chain); the browser searches a
+local corpus, opens a result and the answer's citation becomes a url_citation annotation."""
 
 from __future__ import annotations
+
+import re
 
 import openai
 import pytest
@@ -9,7 +12,7 @@ from e2e_support import MODEL
 
 from asgi_server import serve_in_thread
 from gptoss_serve.api.app import create_app
-from gptoss_serve.api.testing import FakeEngine
+from gptoss_serve.api.testing import FakeEngine, script_ids
 from gptoss_serve.config import ServerConfig
 from gptoss_serve.harmony.tokenizer import get_tokenizer
 from gptoss_serve.tools.sandbox import self_test
@@ -27,7 +30,8 @@ def served():
     started = []
 
     def make(rules, tools):
-        engine = FakeEngine(by_prompt(rules), tokens_per_step=4)
+        script = rules if callable(rules) else by_prompt(rules)
+        engine = FakeEngine(script, tokens_per_step=4)
         config = ServerConfig(served_model_names=(MODEL,), current_date="2025-06-28")
         started.append(serve_in_thread(create_app(engine, config, get_tokenizer(), tools=tools),
                                        timeout_graceful_shutdown=1))
@@ -63,3 +67,51 @@ def test_python_computes_and_keeps_state_across_a_chain(served):
         assert "time out after 20.0 seconds" in prompt  # the real limit, as the model sees it
     finally:
         python.close()
+
+
+TOKYO = "# Tokyo weather\n\nTokyo is sunny today, with a high of 24 degrees.\n"
+KYOTO = "# Kyoto temples\n\nKyoto has many temples and shrines.\n"
+
+
+def _browsing_model(request, _index):
+    """Search, open the first result, then answer citing the opened page's first line."""
+    tok = get_tokenizer()
+    text = tok.decode(list(request.prompt_token_ids))
+    last = text.rsplit("<|start|>", 2)[-2]
+    if last.startswith("browser.search"):
+        link = re.search(r"【(\d+)†", last).group(1)
+        reply = ('<|channel|>analysis to=browser.open code<|message|>{"id": ' + link + '}'
+                 "<|call|>")
+    elif last.startswith("browser.open"):
+        cursor = re.search(r"\[(\d+)\]", last).group(1)
+        line = re.search(r"L(\d+): .*sunny", last).group(1)
+        reply = f"<|channel|>final<|message|>It is sunny 【{cursor}†L{line}】.<|return|>"
+    else:
+        reply = ('<|channel|>analysis to=browser.search code<|message|>'
+                 '{"query": "tokyo weather"}<|call|>')
+    return script_ids(tok, reply)
+
+
+def test_browser_searches_the_local_corpus_and_cites(served, tmp_path):
+    from gptoss_serve.tools.base import ToolOptions
+    from gptoss_serve.tools.registry import build_tools
+
+    (tmp_path / "tokyo.md").write_text(TOKYO)
+    (tmp_path / "kyoto.md").write_text(KYOTO)
+    tools, _ = build_tools(ToolOptions(python_tool="off", browser_corpus=str(tmp_path)))
+    try:
+        client, engine = served(_browsing_model, tools)
+        resp = client.responses.create(model=MODEL, input="Weather in Tokyo?",
+                                       tools=[{"type": "web_search_preview"}])
+        search, opened, message = resp.output
+        assert search.type == opened.type == "web_search_call"
+        assert search.action.query == "tokyo weather" and search.status == "completed"
+        (note,) = message.content[0].annotations
+        text = message.content[0].text
+        assert note.type == "url_citation" and "tokyo" in note.url
+        assert text[note.start_index:note.end_index].startswith("【")
+        results = get_tokenizer().decode(list(engine.admitted[1].prompt_token_ids))
+        assert "Tokyo weather" in results  # the corpus document the search found
+    finally:
+        for tool in tools.values():
+            tool.close()
