@@ -111,6 +111,9 @@ def test_browser_searches_the_local_corpus_and_cites(served, tmp_path):
         text = message.content[0].text
         assert note.type == "url_citation" and "tokyo" in note.url
         assert text[note.start_index:note.end_index].startswith("【")
+        from openai.types.responses import Response
+
+        Response.model_validate(resp.model_dump())  # strictly, with the client's own models
         results = get_tokenizer().decode(list(engine.admitted[1].prompt_token_ids))
         assert "Tokyo weather" in results  # the corpus document the search found
     finally:
