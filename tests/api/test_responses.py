@@ -410,3 +410,31 @@ def test_engine_death_mid_loop_fails_the_response(serve):
     assert client.responses.retrieve(failed.id).status == "failed"
     r = http.post("/v1/responses", json={"model": MODEL, "input": "x"})  # dead from the start
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
+
+
+def test_a_codex_style_request(serve, tok):
+    """The fields a Codex-style client sends (store off, its own context, extra options)."""
+    client, engine, http = serve(WEATHER_CALL)
+    shell = {"type": "function", "name": "shell", "description": "Runs a command.",
+             "strict": False, "parameters": {"type": "object", "properties": {
+                 "command": {"type": "array", "items": {"type": "string"}}},
+                 "required": ["command"]}}
+    body = {"model": MODEL, "instructions": "You are a coding agent.", "store": False,
+            "stream": True, "include": ["reasoning.encrypted_content"], "tool_choice": "auto",
+            "parallel_tool_calls": False, "reasoning": {"effort": "high", "summary": "auto"},
+            "text": {"verbosity": "medium"}, "prompt_cache_key": "abc", "tools": [shell],
+            "input": [{"type": "message", "role": "user",
+                       "content": [{"type": "input_text", "text": "list files"}]},
+                      {"type": "reasoning", "id": "rs_1", "summary": [],
+                       "encrypted_content": None},
+                      {"type": "message", "role": "assistant", "id": "msg_1",
+                       "content": [{"type": "output_text", "text": "Sure.",
+                                    "annotations": []}]},
+                      {"type": "message", "role": "user",
+                       "content": [{"type": "input_text", "text": "now"}]}]}
+    events = _sse_events(http, body)
+    assert events[-1]["type"] == "response.completed"
+    prompt = tok.decode(list(engine.admitted[0].prompt_token_ids))
+    assert "Reasoning: high" in prompt and "type shell = (_: {" in prompt
+    assert "<|start|>assistant<|channel|>final<|message|>Sure.<|end|>" in prompt
+    assert "<|channel|>analysis<|message|><|end|>" not in prompt  # no empty reasoning

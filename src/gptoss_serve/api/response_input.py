@@ -3,7 +3,8 @@
 Owns the mapping of OpenAI input items onto harmony messages (the Responses counterpart of
 `harmony/conversation.py`): `user` message -> user; `system`/`developer` messages -> developer
 instructions (joined after `instructions`); `assistant` message -> `final` (a `phase` of
-`commentary` -> a `commentary` preamble); `reasoning` -> `analysis`; `function_call` -> a
+`commentary` -> a `commentary` preamble); `reasoning` -> `analysis` (skipped when it carries
+no text, e.g. only `encrypted_content`, which this server never issues); `function_call` -> a
 `commentary` message to `functions.NAME` with content type `<|constrain|>json`;
 `function_call_output` -> a message from `functions.NAME` (found by `call_id` in this input or the
 stored chain) to the assistant on `commentary`; `code_interpreter_call` -> the model's message to
@@ -72,7 +73,8 @@ def turn_input(req: ResponsesRequest, history: list[dict[str, Any]]) -> TurnInpu
         if isinstance(item, MessageItem):
             _message(item, out, extra_instructions)
         elif isinstance(item, ReasoningItem):
-            out.append(assistant(item.text(), "analysis"))
+            if item.text():  # an item with only encrypted_content has nothing we can render
+                out.append(assistant(item.text(), "analysis"))
         elif isinstance(item, FunctionCallItem):
             names[item.call_id] = item.name
             out.append(assistant(item.arguments, "commentary", f"functions.{item.name}",
