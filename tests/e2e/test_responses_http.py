@@ -101,6 +101,12 @@ def test_background_cancel_aborts_the_engine_request(serve):
     assert cancelled.status == "cancelled"
     assert engine.admitted[0].request_id in engine.aborted
     assert client.responses.retrieve(queued.id).status == "cancelled"
+    doomed = client.responses.create(model=MODEL, input="Hi", background=True)
+    wait_until(lambda: len(engine.admitted) == 2, "admitted")
+    client.responses.delete(doomed.id)  # a live run: stopped, then removed
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(doomed.id)
+    assert engine.admitted[1].request_id in engine.aborted
     running.loop.call_soon_threadsafe(engine.gate.set)
     done = client.responses.create(model=MODEL, input="x")
     with pytest.raises(openai.BadRequestError):  # a foreground response cannot be cancelled

@@ -89,6 +89,7 @@ class ResponsesService:
             req = req.model_copy(update={"store": False})
         run, loop = self._new_run(req, constraint)
         if req.background:
+            loop.engine_request()  # a prompt that cannot fit is a 400 now, not a failed run
             return self._start_background(run, loop)
         outputs = await unless_disconnected(request, loop.start_call())
         if outputs is None:
@@ -210,10 +211,10 @@ class ResponsesService:
                 "events to stream.", param="stream")
         return event_stream(_replay(self.store.events(rid, after)), on_close=lambda: None)
 
-    def delete(self, rid: str) -> dict[str, Any]:
-        run = self.live.pop(rid, None)
-        if run is not None:
-            _cancel(run)
+    async def delete(self, rid: str) -> dict[str, Any]:
+        run = self.live.get(rid)
+        if run is not None:  # stop it and let it finish writing before the row goes
+            await _stopped(run)
         if not (self.store and self.store.delete(rid)) and run is None:
             raise NotFoundError(f"Response with id '{rid}' not found.", param="response_id")
         return {"id": rid, "object": "response", "deleted": True}
@@ -242,10 +243,7 @@ class ResponsesService:
         if not run.req.background:
             raise InvalidRequestError("Only background responses can be cancelled.",
                                       param="response_id")
-        task = _cancel(run)
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stopped(run)
         if not run.done:  # cancelled before its task ever ran: nothing stored it yet
             run.status = "cancelled"
             run.wake()
@@ -255,14 +253,19 @@ class ResponsesService:
 
     async def close(self) -> None:
         for run in list(self.live.values()):
-            task = _cancel(run)
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await _stopped(run)
         for tool in self.tools.values():
             tool.close()
         if self.store is not None:
             self.store.close()
+
+
+async def _stopped(run: ResponseRun) -> None:
+    """Cancel a run's task and wait until it has finished (and stored what it had)."""
+    task = _cancel(run)
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _cancel(run: ResponseRun) -> asyncio.Task | None:
@@ -335,7 +338,7 @@ def responses_router(service: ResponsesService) -> APIRouter:
 
     @r.delete("/responses/{response_id}")
     async def delete(response_id: str) -> dict[str, Any]:
-        return service.delete(response_id)
+        return await service.delete(response_id)
 
     @r.get("/responses/{response_id}/input_items")
     async def input_items(response_id: str, order: str = "desc", after: str | None = None,
