@@ -379,8 +379,8 @@ def test_input_items_validate_and_page(serve):
 def test_context_too_long_is_a_400_before_anything_streams(serve):
     _, engine, http = serve(REASON_AND_ANSWER)
     long = "word " * (engine.max_model_len + 10)
-    for stream in (False, True):
-        r = http.post("/v1/responses", json={"model": MODEL, "input": long, "stream": stream})
+    for extra in ({}, {"stream": True}, {"background": True}):
+        r = http.post("/v1/responses", json={"model": MODEL, "input": long, **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == "input"
         assert r.json()["error"]["code"] == "context_length_exceeded"
     r = http.post("/v1/responses", json={"model": MODEL, "input": "hi",
