@@ -154,6 +154,11 @@ def test_client_leaving_stops_the_tool_loop(serve):
     stream.close()
     wait_until(lambda: python.cancelled == 1, "the tool call cancelled")
     assert rid and len(engine.admitted) == 1  # no further model call
+    with pytest.raises(openai.APITimeoutError):  # not streamed: the client gives up waiting
+        client.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter"}],
+                                timeout=1.0)
+    wait_until(lambda: python.cancelled == 2, "the second tool call cancelled")
+    assert len(engine.admitted) == 2
 
 
 def test_real_engine_stream_equals_stored(tiny_server):
