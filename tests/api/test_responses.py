@@ -438,3 +438,16 @@ def test_a_codex_style_request(serve, tok):
     assert "Reasoning: high" in prompt and "type shell = (_: {" in prompt
     assert "<|start|>assistant<|channel|>final<|message|>Sure.<|end|>" in prompt
     assert "<|channel|>analysis<|message|><|end|>" not in prompt  # no empty reasoning
+
+
+def test_app_shutdown_closes_tools_and_store(tok, tmp_path):
+    python = FakePython()
+    engine = FakeEngine(fixed_script(script_ids(tok, REASON_AND_ANSWER)))
+    config = ServerConfig(served_model_names=(MODEL,), responses_db=str(tmp_path / "r.db"))
+    app = create_app(engine, config, tok, tools={"code_interpreter": python})
+    with TestClient(app) as http:  # runs the app's lifespan
+        assert http.post("/v1/responses", json={"model": MODEL, "input": "x"}).status_code == 200
+        assert not python.closed
+    assert python.closed
+    with pytest.raises(Exception, match="closed"):
+        app.state.responses.store.get("anything")

@@ -8,11 +8,9 @@ chat.py, completions.py and responses.py (whose service, store and tools close w
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -24,8 +22,7 @@ from gptoss_serve.api.chat import create_chat_completion, render_messages
 from gptoss_serve.api.completions import create_completion
 from gptoss_serve.api.context import ApiContext, check_token_ids
 from gptoss_serve.api.metrics import ServerMetrics
-from gptoss_serve.api.response_store import ResponseStore
-from gptoss_serve.api.responses import ResponsesService, responses_router
+from gptoss_serve.api.responses import closing, responses_router, responses_service
 from gptoss_serve.api.schemas import (
     DetokenizeRequest,
     TokenizeRequest,
@@ -44,32 +41,16 @@ def create_app(engine: Any, config: ServerConfig, tokenizer: Any,
     """The app for one engine. `engine` is an AsyncEngine (or a test double with its API);
     `tools`: the enabled built-in tools by OpenAI tool type (tools/registry.build_tools)."""
     ctx = ApiContext(engine, config, tokenizer, ServerMetrics(engine.stats))
-    responses = _responses_service(ctx, tools or {})
+    responses = responses_service(ctx, tools or {})
     app = FastAPI(title="gptoss-serve", docs_url=None, redoc_url=None,
-                  lifespan=_closing(responses))
+                  lifespan=closing(responses))
     app.state.ctx = ctx
     app.state.responses = responses
     _install_error_handlers(app)
-    auth = [Depends(_auth(config.api_key))]
-    app.include_router(_v1_router(ctx), dependencies=auth)
-    app.include_router(responses_router(responses), dependencies=auth)
+    app.include_router(_v1_router(ctx), dependencies=[Depends(_auth(config.api_key))])
+    app.include_router(responses_router(responses), dependencies=[Depends(_auth(config.api_key))])
     app.include_router(_plain_router(ctx))
     return app
-
-
-def _responses_service(ctx: ApiContext, tools: dict[str, Any]) -> ResponsesService:
-    path = ctx.config.responses_db
-    store = ResponseStore(path) if path is not None else None
-    return ResponsesService(ctx, store, tools, ctx.config.max_tool_turns)
-
-
-def _closing(service: ResponsesService):
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await service.close()  # background runs stop, tools and the store close
-
-    return lifespan
 
 
 # ---- errors ----------------------------------------------------------------------------------

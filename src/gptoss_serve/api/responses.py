@@ -260,6 +260,24 @@ class ResponsesService:
             self.store.close()
 
 
+def responses_service(ctx: ApiContext, tools: dict[str, BuiltinTool]) -> ResponsesService:
+    """The service of one app: its store from `ServerConfig.responses_db` (None: no store)."""
+    path = ctx.config.responses_db
+    store = ResponseStore(path) if path is not None else None
+    return ResponsesService(ctx, store, tools, ctx.config.max_tool_turns)
+
+
+def closing(service: ResponsesService) -> Any:
+    """The app's lifespan: at shut-down background runs stop, the tools and the store close."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        await service.close()
+
+    return lifespan
+
+
 async def _stopped(run: ResponseRun) -> None:
     """Cancel a run's task and wait until it has finished (and stored what it had)."""
     task = _cancel(run)
