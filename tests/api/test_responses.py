@@ -149,6 +149,10 @@ def test_length_cut_is_incomplete(serve):
     ({"input": "x", "text": {"format": {"type": "json_schema"}}}, 400, "text.format"),
     ({"input": "x", "tool_choice": "required"}, 400, "tool_choice"),
     ({"input": []}, 400, "input"),
+    ({"input": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, 400, "metadata"),
+    ({"input": "x", "metadata": {"k": "v" * 513}}, 400, "metadata"),
+    ({"input": "x", "max_output_tokens": 0}, 400, "max_output_tokens"),
+    ({"input": "x", "reasoning": {"effort": "max"}}, 400, "reasoning.effort"),
 ])
 def test_bad_requests_name_the_field(serve, body, status, param):
     _, _, http = serve(REASON_AND_ANSWER)

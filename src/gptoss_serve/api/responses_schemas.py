@@ -209,8 +209,10 @@ class ResponsesRequest(_Strict):
     def _cross_checks(self) -> ResponsesRequest:
         if self.background and not self.store:
             raise InvalidRequestError("background responses need store=true", param="background")
-        if self.metadata is not None and len(self.metadata) > 16:
-            raise InvalidRequestError("metadata holds at most 16 keys", param="metadata")
+        meta = self.metadata or {}
+        if len(meta) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in meta.items()):
+            raise InvalidRequestError("metadata holds at most 16 keys of up to 64 characters, "
+                                      "values of up to 512", param="metadata")
         if isinstance(self.input, list) and not self.input and not self.previous_response_id:
             raise InvalidRequestError("input must not be empty", param="input")
         return self
