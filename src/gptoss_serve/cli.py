@@ -64,10 +64,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
     a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
-    a("--responses-db", default=None, metavar="PATH",
-      help="SQLite file of stored /v1/responses (default: $GPTOSS_SERVE_CACHE/responses.sqlite3)")
-    a("--no-store", action="store_true",
-      help="keep no /v1/responses state (store=true is ignored; no previous_response_id chains)")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
+        "--responses-db", default=None, metavar="PATH",
+        help="SQLite file of stored /v1/responses (default: $GPTOSS_SERVE_CACHE/responses.sqlite3)")
+    store.add_argument(
+        "--no-store", action="store_true",
+        help="keep no /v1/responses state (store=true is ignored; no previous_response_id chains)")
     a("--max-tool-turns", type=_positive_int, default=8,
       help="built-in tool calls (python, browser) the server runs per response")
     _add_tool_args(a)
