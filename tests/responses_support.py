@@ -51,6 +51,7 @@ class FakePython:
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     cancelled: int = 0
     closed: bool = False
+    closed_sessions: list[str] = field(default_factory=list)
 
     def description(self) -> dict[str, Any]:
         return {"name": "python", "description": "Runs Python. Times out after 7 seconds.",
@@ -73,7 +74,7 @@ class FakePython:
         return []
 
     def close_session(self, session_id: str) -> None:
-        pass
+        self.closed_sessions.append(session_id)
 
     def close(self) -> None:
         self.closed = True

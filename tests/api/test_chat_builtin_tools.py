@@ -52,6 +52,7 @@ def test_python_loop_in_chat(chat, tok):
     (ran,) = choice.message.model_extra["builtin_tool_calls"]
     assert ran["type"] == "code_interpreter_call" and ran["outputs"][0]["logs"] == "42"
     assert len(python.calls) == 1 and len(engine.admitted) == 2
+    assert python.closed_sessions == [python.calls[0][0]]  # the request's kernel is gone
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>" in tok.decode(
         list(engine.admitted[1].prompt_token_ids))
     assert out.usage.prompt_tokens == sum(len(r.prompt_token_ids) for r in engine.admitted)

@@ -229,6 +229,9 @@ def test_tool_session_is_the_conversation(serve):
                                      previous_response_id=first.id)
     assert second.status == "completed"
     assert [c[0] for c in python.calls] == [first.id, first.id]
+    assert python.closed_sessions == []  # a stored conversation may still go on
+    lone = client.responses.create(model=MODEL, input="c", tools=tools, store=False)
+    assert python.closed_sessions == [lone.id]  # nothing can continue it
 
 
 def test_browser_loop_cites(serve):

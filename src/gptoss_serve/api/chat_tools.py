@@ -84,7 +84,7 @@ async def create_chat_with_tools(ctx: ApiContext, request: Request, req: ChatCom
     outputs = await unless_disconnected(request, loop.start_call())
     if outputs is None:
         return Response(status_code=499)
-    run.task = asyncio.ensure_future(loop.execute(outputs))
+    run.task = asyncio.ensure_future(_execute(loop, outputs))
     view = ChatView(run, req, ctx.config.reasoning_content_alias)
     if req.stream:
         return sse_response(view.chunks(), on_close=run.task.cancel)
@@ -92,6 +92,13 @@ async def create_chat_with_tools(ctx: ApiContext, request: Request, req: ChatCom
         run.task.cancel()
         return Response(status_code=499)
     return JSONResponse(view.completion())
+
+
+async def _execute(loop: ToolLoop, outputs: Any) -> None:
+    try:
+        await loop.execute(outputs)
+    finally:
+        loop.close_sessions()  # a chat request is its own conversation
 
 
 class ChatView:

@@ -94,7 +94,7 @@ class ResponsesService:
         outputs = await unless_disconnected(request, loop.start_call())
         if outputs is None:
             return Response(status_code=499)
-        run.task = asyncio.ensure_future(self._finish(run, loop.execute(outputs)))
+        run.task = asyncio.ensure_future(self._finish(run, loop, loop.execute(outputs)))
         self.live[run.id] = run
         if req.stream:
             return event_stream(run.follow(), on_close=lambda: _cancel(run))
@@ -158,14 +158,16 @@ class ResponsesService:
             await loop.execute(outputs)
 
         self._save(run)  # queued: retrievable at once
-        run.task = asyncio.ensure_future(self._finish(run, work()))
+        run.task = asyncio.ensure_future(self._finish(run, loop, work()))
         self.live[run.id] = run
         if run.req.stream:
             return event_stream(run.follow(), on_close=lambda: None)
         return JSONResponse(run.snapshot())
 
-    async def _finish(self, run: ResponseRun, work: Any) -> None:
-        """Run `work`; whatever happens, store the result and forget the live run."""
+    async def _finish(self, run: ResponseRun, loop: ToolLoop, work: Any) -> None:
+        """Run `work`; whatever happens, store the result and forget the live run (and the
+        tools' state of a conversation that began here and is not stored: no chain can
+        continue it)."""
         try:
             await work
         except asyncio.CancelledError:
@@ -178,6 +180,8 @@ class ResponsesService:
                 self._save(run, events=True)
             finally:
                 self.live.pop(run.id, None)
+                if run.conversation_id == run.id and not (self.store and run.req.store):
+                    loop.close_sessions()
 
     def _save(self, run: ResponseRun, events: bool = False) -> None:
         if self.store is not None and run.req.store:

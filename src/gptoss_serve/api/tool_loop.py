@@ -171,6 +171,11 @@ class ToolLoop:
         self.run.output[call.output_index] = item
         self.run.emit("response.output_item.done", output_index=call.output_index, item=item)
 
+    def close_sessions(self) -> None:
+        """Forget the tools' state of this run's conversation (nothing can continue it)."""
+        for tool in self.plan.tools.values():
+            tool.close_session(self.run.conversation_id)
+
     # ---- the end -------------------------------------------------------------------------
     def _complete(self, status: str, reason: str | None = None) -> None:
         run = self.run
