@@ -60,11 +60,33 @@ def constrained_decoding_hook(req: ResponsesRequest) -> Any:
         raise InvalidRequestError(
             f"text.format '{fmt.type}' needs constrained decoding, which this server does not "
             "support yet; use 'text'.", param="text.format")
+    _check_tool_choice(req)
     if req.tool_choice == "required" or isinstance(req.tool_choice, ToolChoiceObject):
         raise InvalidRequestError(
             "tool_choice 'required' and named tools need constrained decoding, which this "
             "server does not support yet; use 'auto' or 'none'.", param="tool_choice")
     return None
+
+
+def _check_tool_choice(req: ResponsesRequest) -> None:
+    """A forced tool must be one the request declares."""
+    choice = req.tool_choice
+    if choice == "required" and not req.tools:
+        raise InvalidRequestError("tool_choice 'required' needs tools", param="tool_choice")
+    if not isinstance(choice, ToolChoiceObject):
+        return
+    if choice.type == "function":
+        names = {t.name for t in req.tools if t.type == "function"}
+        if choice.name not in names:
+            raise InvalidRequestError(f"tool_choice names the function {choice.name!r}, which "
+                                      "`tools` does not declare", param="tool_choice.name")
+    elif choice.type in BUILTIN_TYPES:
+        if BUILTIN_TYPES[choice.type] not in req.builtin_types():
+            raise InvalidRequestError(f"tool_choice {choice.type!r} is not among `tools`",
+                                      param="tool_choice.type")
+    else:
+        raise InvalidRequestError(f"unsupported tool_choice type {choice.type!r}",
+                                  param="tool_choice.type")
 
 
 class ResponsesService:
