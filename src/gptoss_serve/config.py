@@ -2,6 +2,9 @@
 
 Owns parsing of both checkpoint config layouts (Hugging Face and `original/`).
 Knows nothing of torch, files beyond config.json, or HTTP.
+
+Follows transformers' `configuration_gpt_oss.py: GptOssConfig` and openai/gpt-oss
+`gpt_oss/torch/model.py: ModelConfig`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ FULL = "full_attention"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """gpt-oss hyper-parameters (gpt-oss-facts.md §1). Defaults are gpt-oss-120b's."""
+    """gpt-oss hyper-parameters (docs/model-facts.md §1). Defaults are gpt-oss-120b's."""
 
     num_hidden_layers: int = 36
     hidden_size: int = 2880

@@ -1,7 +1,7 @@
 """Harmony -> OpenAI chat mapping through the whole API, with a FakeEngine replaying scripted
 harmony tokens and the official `openai` client parsing every response and chunk.
 
-Covers guards.md 1-11: reasoning then final, preambles, one and several tool calls, a call cut by
+Covers docs/guards.md 1-11: reasoning then final, preambles, one or more tool calls, a call cut by
 length, malformed headers, control tokens never in any field, stream == non-stream.
 """
 

@@ -1,4 +1,4 @@
-"""Property tests through the API (guards.md 1, 5, 7, 9): any token stream the model could emit,
+"""Property tests through the API (docs/guards.md 1, 5, 7, 9): any token stream the model may emit,
 mixing text and every control token, gives a 200, no `<|...|>` text in any field, and the same
 fields streamed (in any step size) as not streamed. Also: the system message's date."""
 

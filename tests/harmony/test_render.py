@@ -25,7 +25,7 @@ def _text(content):
 
 
 def _response_format_text(rf):
-    """gpt-oss-facts.md §5.10 written out by hand for the test."""
+    """docs/model-facts.md §5.10 written out by hand for the test."""
     if rf is None or rf["type"] == "text":
         return None
     if rf["type"] == "json_object":

@@ -1,4 +1,4 @@
-"""MXFP4 pack, unpack, quantize, dequantize: gpt-oss-facts.md §3.3 and transformers' dequantizer."""
+"""MXFP4 pack, unpack, quantize, dequantize: docs/model-facts.md §3.3, transformers' dequantizer."""
 
 from __future__ import annotations
 

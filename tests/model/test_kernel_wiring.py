@@ -5,7 +5,7 @@
   so its wiring is checked without a GPU or the interpreter: logits equal the reference set's.
 - Kernel preference, the weights-vs-free-memory start-up error, and loading straight into the
   preallocated tensors.
-- Weight bytes and per-token KV bytes of 120b/20b against gpt-oss-facts.md §1.2 (computed
+- Weight bytes and per-token KV bytes of 120b/20b against docs/model-facts.md §1.2 (computed
   there from the published shapes, not by our code), and the plan for an 80 GB card.
 """
 
@@ -100,7 +100,7 @@ def test_not_enough_gpu_memory_names_needed_and_free_bytes():
 
 @pytest.mark.parametrize("preset, gib", [("120b", 60.77), ("20b", 12.82)])
 def test_weight_bytes_match_the_published_checkpoint_sizes(preset, gib):
-    """gpt-oss-facts.md §1.2: checkpoint bytes with MXFP4 experts and bf16 elsewhere. Ours keep
+    """docs/model-facts.md §1.2: checkpoint bytes with MXFP4 experts and bf16 elsewhere. Ours keep
     norms and sinks in float32 (a few hundred KiB more), so the GiB figure agrees to 0.01."""
     config = ModelConfig.from_hf_dict(preset_config(preset))
     assert config.experts_mxfp4

@@ -1,4 +1,4 @@
-"""YaRN RoPE: gpt-oss-facts.md §2.4.1 values, transformers' YaRN parameters, half-split rotation."""
+"""YaRN RoPE: docs/model-facts.md §2.4.1 values, transformers' YaRN, the half-split rotation."""
 
 from __future__ import annotations
 

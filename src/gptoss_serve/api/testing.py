@@ -143,7 +143,7 @@ def fixed_script(*scripts: Sequence[int]) -> Script:
     return lambda _req, i: scripts[min(i, len(scripts) - 1)]
 
 
-# ---- folding a stream of openai ChatCompletionChunk objects (guards.md 7) -------------------
+# ---- folding a stream of openai ChatCompletionChunk objects (docs/guards.md 7) -------------------
 def fold_stream(chunks: list[Any]) -> dict[str, Any]:
     """{"choices": {index: {...fields...}}, "usage": ..., "ids": {...}} from parsed chunks."""
     choices: dict[int, dict[str, Any]] = {}

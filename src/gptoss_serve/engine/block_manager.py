@@ -9,6 +9,9 @@ needs the first k blocks in the full pool and, in the sliding pool, the blocks t
 position k*block_size still sees.
 
 Owns block ids, reference counts and hashes; knows nothing of torch, scheduling policy or models.
+
+Follows vLLM's v1 prefix caching (`vllm/v1/core/kv_cache_utils.py: hash_block_tokens`,
+`vllm/v1/core/block_pool.py`).
 """
 
 from __future__ import annotations

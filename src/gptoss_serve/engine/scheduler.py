@@ -9,6 +9,8 @@ out, the newest running sequence is preempted: its blocks are freed and it is re
 
 Owns the waiting queue, the running list and request life cycles; knows nothing of torch, the
 model or the sampler's maths.
+
+Follows vLLM's v1 scheduler (`vllm/v1/core/sched/scheduler.py: Scheduler.schedule`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Exact texts of the two built-in tool namespaces gpt-oss was trained with (browser, python).
 
 Owns data only: the namespace descriptions and function schemas as the model expects to see them in
-the system message (gpt-oss-facts.md §5.5). Must not know how they are rendered or parsed.
+the system message (docs/model-facts.md §5.5). Must not know how they are rendered or parsed.
+
+Follows openai-harmony's `ToolNamespaceConfig.browser()` and `.python()` (the texts).
 """
 
 from __future__ import annotations

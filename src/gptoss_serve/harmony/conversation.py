@@ -9,6 +9,8 @@ with `tool_calls`, its content as a `commentary` preamble and one `commentary` m
 message's `name`) to `assistant` on `commentary`. Content is a string or a list of text parts
 (joined with "\\n"). `name` on user/assistant messages is ignored. Bad input raises
 HarmonyRenderError (a 400 naming the field). Must not know: tokens, HTTP, the engine.
+
+Follows vLLM's `harmony_utils.py` (OpenAI chat messages to harmony messages).
 """
 
 from __future__ import annotations

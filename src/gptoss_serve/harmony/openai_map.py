@@ -1,6 +1,6 @@
 """Maps parser events to OpenAI chat fields: content, reasoning, tool calls, finish reason.
 
-Owns the mapping rules (gpt-oss-facts.md §6.1, guards.md 3-11):
+Owns the mapping rules (docs/model-facts.md §6.1, docs/guards.md 3-11):
 - `analysis` -> reasoning; `final` and recipient-less `commentary` (preamble) -> content;
 - recipient `functions.NAME` (or a bare NAME) whose sanitised NAME is a declared tool -> a tool call
   on any channel, also when closed by `<|return|>`; its arguments are the text as the model wrote
@@ -13,6 +13,9 @@ Owns the mapping rules (gpt-oss-facts.md §6.1, guards.md 3-11):
   and streaming must equal non-streaming), `open_call` is True and the finish reason is "length",
   never "tool_calls", so no client takes it for a finished call.
 Must not know: HTTP, pydantic schemas, the engine.
+
+Follows vLLM's harmony chat path (`serving_chat.py`, `harmony_utils.py`, the `openai` tool
+parser).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Streaming parser for gpt-oss output: generated token ids -> message events. Never raises.
 
-Owns: the harmony message grammar as the model actually writes it (gpt-oss-facts.md §5.9) and the
-recovery from every malformed shape of guards.md 2-6 (role words in the header, recipient before or
+Owns: the harmony message grammar as the model actually writes it (docs/model-facts.md §5.9) and the
+recovery from each malformed shape of docs/guards.md 2-6 (role words in headers, recipient before or
 after the channel, `<|constrain|>` with or without a space, a missing `<|start|>` or `<|end|>`,
 text after `<|end|>`, output cut mid-header or mid-content). No control token's text, and no
 special-token name spelled out with ordinary tokens, ever reaches a ContentDelta. Recovered
@@ -108,7 +108,7 @@ def _fields(parts: list[str]) -> tuple[str | None, str | None, bool, list[str], 
 
 
 def parse_header(text: str) -> Header:
-    """Header text (special tokens spelled as names) -> fields, per gpt-oss-facts.md §5.9."""
+    """Header text (special tokens spelled as names) -> fields, per docs/model-facts.md §5.9."""
     channels = _CHANNEL_RE.findall(text)
     match = _CHANNEL_RE.search(text)
     after = text[match.end():] if match else text

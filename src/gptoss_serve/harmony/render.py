@@ -5,12 +5,15 @@ valid channels), the developer message (instructions, function tools, response f
 message header grammar, the rule for dropping earlier analysis, and the generation prompt
 `<|start|>assistant`. Must not know: HTTP, the engine, how output is parsed.
 
-Earlier chain of thought: we apply openai-harmony's rule, not the intent of gpt-oss-facts.md §5.8:
+Earlier chain of thought: we use openai-harmony's rule, not the intent of docs/model-facts.md §5.8:
 only when the last assistant message is `final` are the `analysis` messages before the FIRST
 `final` dropped (tests/harmony/test_render.py records where that differs from §5.8).
 
 Response format (no API in openai-harmony, facts §5.10): appended to the developer instructions as
 `# Response Formats` / `## {name}` / `// {description}` / the schema as one line of compact JSON.
+
+Follows openai/harmony `src/encoding.rs` (the renderer behind
+`render_conversation_for_completion`).
 """
 
 from __future__ import annotations

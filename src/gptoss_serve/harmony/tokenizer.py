@@ -3,6 +3,9 @@
 Owns: the special-token table (exactly one name per id, vocabulary size 201088), the rule that
 text from users and tools is always encoded as ordinary text, and UTF-8-safe incremental
 decoding. Must not know: the chat format, the conversation objects, torch or HTTP.
+
+Follows tiktoken's `tiktoken_ext/openai_public.py: o200k_base` and openai/harmony
+`src/tiktoken_ext/public_encodings.rs`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ RETURN, CONSTRAIN, CHANNEL, START, END, MESSAGE, CALL = (
 )
 VOCAB_SIZE = 201088
 
-# o200k_base split regex (gpt-oss-facts.md §4.1).
+# o200k_base split regex (docs/model-facts.md §4.1).
 PAT_STR = "|".join([
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",

@@ -1,8 +1,10 @@
-"""Tool declarations as harmony's TypeScript-like `# Tools` section (gpt-oss-facts.md §5.4).
+"""Tool declarations as harmony's TypeScript-like `# Tools` section (docs/model-facts.md §5.4).
 
 Owns: JSON schema -> TypeScript type text, and the `# Tools` section for a set of namespaces,
 character for character as openai-harmony 0.0.8 writes them (its output is the test oracle).
 Must not know: tokens, messages, OpenAI request shapes.
+
+Follows openai/harmony `src/encoding.rs: template_tools_section, json_schema_to_typescript`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Order of attempts in `ensure_vocab_file()`:
 3. a download by tiktoken (only when quicktok-v1 is missing).
 The file is then written into tiktoken's cache, openai-harmony's cache and, when the user set
 `TIKTOKEN_ENCODINGS_BASE`, into that directory.
+
+Follows tiktoken's `load.py` and openai/harmony `src/tiktoken_ext/public_encodings.rs` (where
+each looks for the file).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Paged attention with per-head sinks and an optional sliding window: the plain-torch reference.
 
 This is the oracle for the fast kernels and the CPU path. It owns the KV write (new K/V into their
-slots) and the attention math of gpt-oss-facts.md §2.4 steps 4-7. Knows nothing of block
+slots) and the attention math of docs/model-facts.md §2.4 steps 4-7. Knows nothing of block
 allocation: block tables and slots come in from the ForwardBatch.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py: sdpa` (sinks, window) and vLLM's paged KV
+layout (block tables, slot mapping).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Same signature and maths as `kernels/attention.py: paged_attention_ref` (its ora
 - decode steps (every sequence has one new query) gather the needed key blocks of all sequences
   into one padded tensor and attend with two einsums; padding and window are one mask; which
   blocks and which keys (the plan) is worked out once per step and KV pool, not per layer;
-  with float32 tensors one C call (`C_BODY`, built by `cpu_c`) does the same maths per
+  with float32 tensors one C call (`csrc/attention.c`, built by `cpu_c`) does the same maths per
   query head (dot products, softmax with the sink term, weighted values), float32 throughout;
 - sequences with several new queries (prefill, chunked prefill) use torch's CPU flash
   attention with the causal/window mask; the sink's extra softmax term is applied afterwards
@@ -28,103 +28,12 @@ from gptoss_serve.kernels.cpu_threads import kernel_threads
 
 C_THREADS_MIN_WORK = 1 << 16  # query heads x keys below which the C decode runs on one thread
 C_WRITE_ROWS = 8  # new K/V rows up to which one C call writes them (decode steps)
-# follows cpu_c.AVX_PRELUDE; decode_cpu builds it into its one-call decode step too
-C_BODY = r"""
-#include <stdlib.h>
-
-static float dot(const float *a, const float *b, long d) {
-    __m256 acc = _mm256_setzero_ps();
-    long t = 0;
-    for (; t + 8 <= d; t += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), acc);
-    float r = hsum(acc);
-    for (; t < d; t++)
-        r += a[t] * b[t];
-    return r;
-}
-
-/* One query head of one sequence: keys lo..hi-1 (absolute positions; the key at position k
-   sits in block blocks[(k - start) / bs], slot (k - start) % bs), softmax with the sink logit
-   as an extra term, weighted sum of the values. scores: hi - lo floats. */
-static void head(const float *q, const float *k_cache, const float *v_cache,
-                 const int64_t *blocks, long start, long lo, long hi, long hkv, long kh,
-                 long d, long bs, float sink, float scale, float *out, float *scores) {
-    float m = sink;
-    for (long k = lo; k < hi; k++) {
-        long i = k - start, slot = (blocks[i / bs] * bs + i % bs) * hkv + kh;
-        float s = dot(q, k_cache + slot * d, d) * scale;
-        scores[k - lo] = s;
-        m = s > m ? s : m;
-    }
-    float sum = expf(sink - m);
-    for (long k = lo; k < hi; k++) {
-        scores[k - lo] = expf(scores[k - lo] - m);
-        sum += scores[k - lo];
-    }
-    for (long t = 0; t < d; t++)
-        out[t] = 0.0f;
-    for (long k = lo; k < hi; k++) {
-        long i = k - start, slot = (blocks[i / bs] * bs + i % bs) * hkv + kh;
-        float p = scores[k - lo] / sum;
-        const float *v = v_cache + slot * d;
-        for (long t = 0; t < d; t++)
-            out[t] += p * v[t];
-    }
-}
-
-/* the t_dim new keys and values (rows ldk / ldv floats apart, row floats each) into the
-   caches' flat slots; a slot < 0 stores nothing (as write_kv) */
-void write_rows(const float *k, long ldk, const float *v, long ldv, float *k_cache,
-                float *v_cache, const int64_t *slots, long t_dim, long row) {
-    for (long t = 0; t < t_dim; t++)
-        if (slots[t] >= 0) {
-            memcpy(k_cache + slots[t] * row, k + t * ldk, sizeof(float) * row);
-            memcpy(v_cache + slots[t] * row, v + t * ldv, sizeof(float) * row);
-        }
-}
-
-/* Sequence i (of n) attends with query row rows[i] of q [T, hq, d] over keys lo[i]..hi[i]-1;
-   blocks [n, width] physical block ids from key position start[i]; out [n, hq, d].
-   Returns 0, or -1 when scratch memory could not be allocated. */
-int decode_attention(const float *q, const float *k_cache, const float *v_cache,
-                     const int64_t *blocks, long width, const int64_t *rows,
-                     const int64_t *start, const int64_t *lo, const int64_t *hi, long n,
-                     long hq, long hkv, long d, long bs, const float *sinks, float scale,
-                     float *out, int parts) {
-    int failed = 0;
-    #pragma omp parallel for num_threads(parts) schedule(static)
-    for (long task = 0; task < n * hq; task++) {
-        long i = task / hq, h = task % hq;
-        float *scores = malloc(sizeof(float) * (hi[i] - lo[i] + 1));
-        if (scores == NULL) {
-            failed = 1;
-            continue;
-        }
-        head(q + (rows[i] * hq + h) * d, k_cache, v_cache, blocks + i * width, start[i],
-             lo[i], hi[i], hkv, h / (hq / hkv), d, bs, sinks[h], scale,
-             out + (i * hq + h) * d, scores);
-        free(scores);
-    }
-    return failed ? -1 : 0;
-}
-"""
-_C_SOURCE = cpu_c.AVX_PRELUDE + C_BODY
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    lib.decode_attention.restype = ctypes.c_int
-    lib.write_rows.restype = None
-    lib.write_rows.argtypes = ([ctypes.c_void_p, ctypes.c_long] * 2 + [ctypes.c_void_p] * 3
-                               + [ctypes.c_long] * 2)
-    lib.decode_attention.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long]
-                                     + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 5
-                                     + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
-                                        ctypes.c_int])
 
 
 @functools.cache
 def _load() -> ctypes.CDLL | None:
-    return cpu_c.load("decode_attention", _C_SOURCE, _declare)[0]
+    """The C library of csrc/attention.c, or None; see `cpu_c.load`."""
+    return cpu_c.load("attention.c")[0]
 
 
 def _gather_blocks(block_tables: torch.Tensor, seqs: list[int], lo: list[int], hi: list[int],

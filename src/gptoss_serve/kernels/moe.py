@@ -1,8 +1,10 @@
 """Mixture-of-experts of gpt-oss: the plain-torch reference that dequantizes only used experts.
 
 Owns routing (top-k by logit, softmax over the k), the interleaved clamped SwiGLU variant and the
-weighted combine of gpt-oss-facts.md §2.5. This is the oracle for the fast kernels and the CPU
+weighted combine of docs/model-facts.md §2.5. This is the oracle for the fast kernels and the CPU
 path. Expert weights arrive as an `ExpertWeights` (packed MXFP4 or dense).
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py: MLPBlock.forward, swiglu`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""RMSNorm with an optional fused residual add: the plain-torch reference (gpt-oss-facts.md §2.3).
+"""RMSNorm with an optional fused residual add: the torch reference (docs/model-facts.md §2.3).
 
 Oracle for `norm_triton.rms_norm_triton` (same signature). Statistics in float32; the residual
 sum is rounded to the activation dtype (the residual stream is bf16 in the reference model).
 Knows nothing of layers or weights loading.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py: RMSNorm`.
 """
 
 from __future__ import annotations

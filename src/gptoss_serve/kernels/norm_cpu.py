@@ -21,42 +21,11 @@ from gptoss_serve.kernels.norm import rms_norm_ref
 
 C_ROWS = 8  # rows up to which the C function runs (decode steps); more: the torch reference
 
-# follows cpu_c.AVX_PRELUDE; decode_cpu builds it into its one-call decode step too
-C_BODY = r"""
-/* per row: h = x + res (res may be NULL: h = x, h_out unused), y = h * rsqrt(mean(h^2) + eps)
-   * w; dim % 8 == 0 */
-void rms_norm(const float *x, const float *res, const float *w, float *y, float *h_out,
-              long rows, long dim, float eps) {
-    for (long r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
-        float *h = res ? h_out + r * dim : (float *)xr;
-        __m256 acc = _mm256_setzero_ps();
-        for (long i = 0; i < dim; i += 8) {
-            __m256 v = _mm256_loadu_ps(xr + i);
-            if (res) {
-                v = _mm256_add_ps(v, _mm256_loadu_ps(res + r * dim + i));
-                _mm256_storeu_ps(h + i, v);
-            }
-            acc = _mm256_fmadd_ps(v, v, acc);
-        }
-        float inv = 1.0f / sqrtf(hsum(acc) / (float)dim + eps);
-        for (long i = 0; i < dim; i++)
-            y[r * dim + i] = h[i] * inv * w[i];
-    }
-}
-"""
-_C_SOURCE = cpu_c.AVX_PRELUDE + C_BODY
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    lib.rms_norm.restype = None
-    lib.rms_norm.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 2 + [ctypes.c_float]
-
 
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
-    """(the C library, how) or (None, why not); see `cpu_c.load`."""
-    return cpu_c.load("rms_norm_cpu", _C_SOURCE, _declare)
+    """(the C library of csrc/rms_norm.c, how) or (None, why not); see `cpu_c.load`."""
+    return cpu_c.load("rms_norm.c")
 
 
 def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float,

@@ -21,38 +21,11 @@ from gptoss_serve.model.rope import apply_rotary
 
 C_ROWS = 8  # token rows up to which the C function runs (decode steps); more: the reference
 
-C_SOURCE = r"""
-#pragma GCC optimize("fp-contract=off")  /* a*c - b*s rounded as torch does: no FMA */
-
-/* x: t_dim rows ld floats apart, each h_dim heads of d floats (contiguous); cos, sin:
-   [t_dim][d/2]; out [t_dim][h_dim][d]: dim i rotates with dim i + d/2 */
-void rotary(const float *x, long ld, const float *cos, const float *sin, float *out,
-            long t_dim, long h_dim, long d) {
-    long half = d / 2;
-    for (long t = 0; t < t_dim; t++)
-        for (long h = 0; h < h_dim; h++) {
-            const float *a = x + t * ld + h * d, *b = a + half;
-            const float *c = cos + t * half, *s = sin + t * half;
-            float *o = out + (t * h_dim + h) * d;
-            for (long i = 0; i < half; i++) {
-                o[i] = a[i] * c[i] - b[i] * s[i];
-                o[i + half] = b[i] * c[i] + a[i] * s[i];
-            }
-        }
-}
-"""
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    lib.rotary.restype = None
-    lib.rotary.argtypes = ([ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 3
-                           + [ctypes.c_long] * 3)
-
 
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
-    """(the C library, how) or (None, why not); see `cpu_c.load`."""
-    return cpu_c.load("rotary_cpu", C_SOURCE, _declare)
+    """(the C library of csrc/rotary.c, how) or (None, why not); see `cpu_c.load`."""
+    return cpu_c.load("rotary.c")
 
 
 def rotary_cpu(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""RoPE (half-split, gpt-oss-facts.md §2.4.1) fused with the KV-cache write: the torch reference.
+"""RoPE (half-split, docs/model-facts.md §2.4.1) fused with the KV-cache write: the torch reference.
 
 Oracle for `rope_triton.rope_kv_write_triton` (same signature). The cos/sin tables come from the
 model (YaRN, concentration already folded in): [P, D/2], row p for position p. The rotation is
 computed in float32 and rounded once to the activation dtype. Knows nothing of how the tables
 are built or of block allocation.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py: RotaryEmbedding` (the rotation) and vLLM's
+`reshape_and_cache` (the slot write).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""The gpt-oss transformer: the forward pass of gpt-oss-facts.md §2 over a paged KV cache.
+"""The gpt-oss transformer: the forward pass of docs/model-facts.md §2 over a paged KV cache.
 
 Owns the module tree, whose tensor names are those of the checkpoint's `original/` layout
 (`embedding.weight`, `block.N.attn.qkv.weight`, `block.N.mlp.mlp1_weight.blocks`, ...), and the
 order of operations of one step. Attention and MoE math are delegated to a `KernelSet`; the model
 knows nothing of checkpoint files, scheduling or sampling.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py` (`Transformer`, `TransformerBlock`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """MXFP4 (OCP microscaling FP4): E2M1 values, low nibble first, E8M0 scales with bias 127,
 blocks of 32 along the input (last) dimension. Pack, unpack, quantize, dequantize.
 
-Layouts (gpt-oss-facts.md §3.3): blocks [..., G, 16] uint8 and scales [..., G] uint8 hold a
+Layouts (docs/model-facts.md §3.3): blocks [..., G, 16] uint8 and scales [..., G] uint8 hold a
 weight [..., G * 32]. Owns the number format only; knows nothing of checkpoints or experts.
+
+Follows openai/gpt-oss `gpt_oss/torch/weights.py: Checkpoint._get_mxfp4_tensor` and
+transformers' `integrations/mxfp4.py: convert_moe_packed_tensors`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""YaRN rotary position embedding of gpt-oss (gpt-oss-facts.md §2.4.1).
+"""YaRN rotary position embedding of gpt-oss (docs/model-facts.md §2.4.1).
 
 Owns the inverse frequencies (unrounded ramp bounds), the concentration factor that scales both
 cos and sin, and the half-split rotation. Knows nothing of attention, caches or checkpoints.
+
+Follows openai/gpt-oss `gpt_oss/torch/model.py: RotaryEmbedding` and transformers'
+`modeling_rope_utils.py: _compute_yarn_parameters`.
 """
 
 from __future__ import annotations

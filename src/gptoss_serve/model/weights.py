@@ -1,10 +1,13 @@
 """Checkpoint reading: find the files (local folder or hub download), map names, stream tensors in.
 
-Owns both layouts of gpt-oss-facts.md §3 (Hugging Face and `original/`), the name map between
+Owns both layouts of docs/model-facts.md §3 (Hugging Face and `original/`), the name map between
 them (q/k/v rows of the fused qkv, transposed dense experts), dtype/device resolution, the
 kernel choice at load, the weights-vs-free-GPU-memory check and the checkpoint errors. Loading
 goes tensor by tensor into the model's preallocated tensors, so the weights never exist twice.
 Knows nothing of the forward pass beyond the model's tensor names.
+
+Follows transformers' `convert_gpt_oss_weights_to_hf.py` (the name map) and openai/gpt-oss
+`gpt_oss/torch/weights.py: Checkpoint`.
 """
 
 from __future__ import annotations
