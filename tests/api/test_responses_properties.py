@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
-from test_chat_properties import CONTROL, SPECIAL, WORDS
+from test_chat_properties import CONTROL, WORDS, model_output
 
 from gptoss_serve.api.app import create_app
 from gptoss_serve.api.testing import FakeEngine, fixed_script
@@ -22,7 +22,7 @@ from gptoss_serve.tools.base import ToolOutput
 from responses_support import FakePython
 
 MODEL = "gpt-oss-test"
-MORE_WORDS = WORDS + [" to=python", " to=browser.search", "code", " to=functions.get_weather"]
+MORE_WORDS = (*WORDS, " to=python", " to=browser.search", "code", " to=functions.get_weather")
 TOOLS = [{"type": "function", "name": "get_weather"}, {"type": "code_interpreter"}]
 
 
@@ -31,16 +31,6 @@ class Constant(FakePython):
         item = {"type": "code_interpreter_call", "code": body, "container_id": "c",
                 "outputs": [{"type": "logs", "logs": "ok"}], "status": "completed"}
         return ToolOutput("python", "ok", item)
-
-
-@st.composite
-def model_output(draw, tok) -> list[int]:
-    pieces = draw(st.lists(st.one_of(st.sampled_from(SPECIAL), st.sampled_from(MORE_WORDS)),
-                           min_size=1, max_size=30))
-    ids: list[int] = []
-    for p in pieces:
-        ids.extend([p] if isinstance(p, int) else tok.encode(p))
-    return ids
 
 
 def _events(raw: str) -> list[dict]:
@@ -67,7 +57,7 @@ def test_any_output_gives_a_clean_consistent_response(tok, event_models):
     http = TestClient(app)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(ids=model_output(tok), step=st.integers(1, 5))
+    @given(ids=model_output(tok, MORE_WORDS), step=st.integers(1, 5))
     def check(ids, step):
         engine.script = lambda _r, _i: ids
         engine.tokens_per_step = step
