@@ -137,3 +137,14 @@ def item_text(item: Any) -> str:
     if kind == "code_interpreter_call":
         return item.code or ""
     return ""
+
+
+def event_models() -> dict[str, Any]:
+    """The openai package's event model for each Responses event type."""
+    import typing
+
+    from openai.types.responses import ResponseStreamEvent
+
+    union = typing.get_args(ResponseStreamEvent)[0]
+    return {typing.get_args(m.model_fields["type"].annotation)[0]: m
+            for m in typing.get_args(union)}

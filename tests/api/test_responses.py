@@ -19,6 +19,7 @@ from responses_support import (
     FakeBrowser,
     FakePython,
     by_prompt,
+    event_models,
     fold_events,
     item_text,
 )
@@ -317,17 +318,6 @@ def _sse_events(http, body):
     return events
 
 
-def _event_models():
-    """The openai package's event model for each event type."""
-    import typing
-
-    from openai.types.responses import ResponseStreamEvent
-
-    union = typing.get_args(ResponseStreamEvent)[0]
-    return {typing.get_args(m.model_fields["type"].annotation)[0]: m
-            for m in typing.get_args(union)}
-
-
 @pytest.mark.parametrize("case", ["answer", "function", "python", "browser"])
 def test_events_and_bodies_validate_against_the_client_types(serve, case):
     """Strict validation with the openai package's own models (its stream reader does not
@@ -344,7 +334,7 @@ def test_events_and_bodies_validate_against_the_client_types(serve, case):
     }[case]
     _, _, http = serve(script, tools=tools)
     events = _sse_events(http, {"input": "x", **body})
-    models = _event_models()
+    models = event_models()
     for event in events:
         models[event["type"]].model_validate(event)
     final = events[-1]["response"]

@@ -7,9 +7,7 @@ model calls generated."""
 from __future__ import annotations
 
 import json
-import typing
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -19,7 +17,7 @@ from gptoss_serve.api.app import create_app
 from gptoss_serve.api.testing import FakeEngine, fixed_script
 from gptoss_serve.config import ServerConfig
 from gptoss_serve.tools.base import ToolOutput
-from responses_support import FakePython
+from responses_support import FakePython, event_models
 
 MODEL = "gpt-oss-test"
 MORE_WORDS = (*WORDS, " to=python", " to=browser.search", "code", " to=functions.get_weather")
@@ -38,18 +36,10 @@ def _events(raw: str) -> list[dict]:
             for block in raw.strip().split("\n\n")]
 
 
-@pytest.fixture(scope="module")
-def event_models():
-    from openai.types.responses import ResponseStreamEvent
-
-    union = typing.get_args(ResponseStreamEvent)[0]
-    return {typing.get_args(m.model_fields["type"].annotation)[0]: m
-            for m in typing.get_args(union)}
-
-
-def test_any_output_gives_a_clean_consistent_response(tok, event_models):
+def test_any_output_gives_a_clean_consistent_response(tok):
     from openai.types.responses import Response
 
+    models = event_models()
     engine = FakeEngine(fixed_script([1]))
     config = ServerConfig(served_model_names=(MODEL,), max_tool_turns=2)
     app = create_app(engine, config, tok, tools={"code_interpreter": Constant()})
@@ -68,7 +58,7 @@ def test_any_output_gives_a_clean_consistent_response(tok, event_models):
             events = _events("".join(r.iter_text()))
         assert [e["sequence_number"] for e in events] == list(range(len(events)))
         for event in events:
-            event_models[event["type"]].model_validate(event)
+            models[event["type"]].model_validate(event)
         final = events[-1]["response"]
         Response.model_validate(final)
         assert not CONTROL.search(json.dumps(final["output"])), final["output"]
