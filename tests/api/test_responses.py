@@ -455,3 +455,16 @@ def test_app_shutdown_closes_tools_and_store(tok, tmp_path):
     assert python.closed
     with pytest.raises(Exception, match="closed"):
         app.state.responses.store.get("anything")
+
+
+def test_responses_routes_need_the_key(serve):
+    _, _, http = serve(REASON_AND_ANSWER, api_key="sekrit")
+    for method, path in (("post", "/v1/responses"), ("get", "/v1/responses/resp_x"),
+                         ("delete", "/v1/responses/resp_x"),
+                         ("get", "/v1/responses/resp_x/input_items"),
+                         ("post", "/v1/responses/resp_x/cancel")):
+        r = getattr(http, method)(path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
+    ok = http.post("/v1/responses", json={"model": MODEL, "input": "x"},
+                   headers={"Authorization": "Bearer sekrit"})
+    assert ok.status_code == 200
