@@ -3,6 +3,7 @@ streaming events, and the server-run tool loop with fake built-in tools."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import openai
@@ -145,17 +146,12 @@ def test_length_cut_is_incomplete(serve):
     ({"input": "x", "tools": [{"type": "file_search"}]}, 400, "tools.0"),
     ({"input": "x", "tools": [{"type": "code_interpreter"}]}, 400, "tools.0.type"),
     ({"input": "x", "temperature": 3}, 400, "temperature"),
-    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {}}}},
-     400, "text.format"),
     ({"input": "x", "text": {"format": {"type": "json_schema"}}}, 400, "text.format"),
     ({"input": "x", "tool_choice": "required"}, 400, "tool_choice"),
-    ({"input": "x", "tool_choice": "required", "tools": [WEATHER_TOOL]}, 400, "tool_choice"),
     ({"input": "x", "tool_choice": {"type": "function", "name": "nope"},
       "tools": [WEATHER_TOOL]}, 400, "tool_choice.name"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, 400, "tool_choice.type"),
     ({"input": "x", "tool_choice": {"type": "file_search"}}, 400, "tool_choice.type"),
-    ({"input": "x", "tool_choice": {"type": "function", "name": "get_weather"},
-      "tools": [WEATHER_TOOL]}, 400, "tool_choice"),
     ({"input": []}, 400, "input"),
     ({"input": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, 400, "metadata"),
     ({"input": "x", "metadata": {"k": "v" * 513}}, 400, "metadata"),
@@ -168,6 +164,35 @@ def test_bad_requests_name_the_field(serve, body, status, param):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+
+
+HAVE_CONSTRAIN = importlib.util.find_spec("gptoss_serve.constrain") is not None
+SCHEMA_FORMAT = {"format": {"type": "json_schema", "name": "city",
+                            "schema": {"type": "object", "properties": {"c": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"text": SCHEMA_FORMAT}, "text.format"),
+    ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+    ({"tool_choice": "required", "tools": [WEATHER_TOOL]}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "name": "get_weather"}, "tools": [WEATHER_TOOL]},
+     "tool_choice"),
+])
+def test_constrained_options(serve, tok, body, param):
+    """With constrained decoding installed the run is constrained (every model call), else the
+    valid option is refused with a 400 naming it."""
+    _, engine, http = serve(REASON_AND_ANSWER, tools={"code_interpreter": FakePython()})
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "x", **body})
+    if not HAVE_CONSTRAIN:
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+        return
+    assert r.status_code == 200, r.text
+    assert engine.admitted[0].sampling_params.constraint is not None
+    if "text" in body:
+        assert "# Response Formats" in tok.decode(list(engine.admitted[0].prompt_token_ids))
+    mixed = {**body, "tools": [*body.get("tools", [WEATHER_TOOL]), {"type": "code_interpreter"}]}
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "x", **mixed})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
 
 
 def test_not_found_and_delete(serve):

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gptoss_serve.api.context import ApiContext
+from gptoss_serve.api.response_constraint import run_constraint
 from gptoss_serve.api.response_input import turn_input
 from gptoss_serve.api.response_output import item_id
 from gptoss_serve.api.response_run import ResponseRun
@@ -30,7 +31,6 @@ from gptoss_serve.api.responses_schemas import (
     BUILTIN_TYPES,
     MessageItem,
     ResponsesRequest,
-    ToolChoiceObject,
 )
 from gptoss_serve.api.schemas import parse_body
 from gptoss_serve.api.sse import sse_response, typed_frame
@@ -49,46 +49,6 @@ class NotFoundError(GptOssServeError):
     code = "not_found"
 
 
-def constrained_decoding_hook(req: ResponsesRequest) -> Any:
-    """The run's constraint (SamplingParams.constraint) for `text.format` json_schema /
-    json_object and `tool_choice` required / named. Until constrained decoding lands (branch
-    i12: `constrain.build_constraint(response_format=req.format_dict(), tools=
-    req.function_tools(), tool_choice=..., parallel_tool_calls=...)`) they are validated by the
-    request model, then refused here with a clear 400; None means unconstrained."""
-    fmt = req.text.format if req.text else None
-    if fmt is not None and fmt.type != "text":
-        raise InvalidRequestError(
-            f"text.format '{fmt.type}' needs constrained decoding, which this server does not "
-            "support yet; use 'text'.", param="text.format")
-    _check_tool_choice(req)
-    if req.tool_choice == "required" or isinstance(req.tool_choice, ToolChoiceObject):
-        raise InvalidRequestError(
-            "tool_choice 'required' and named tools need constrained decoding, which this "
-            "server does not support yet; use 'auto' or 'none'.", param="tool_choice")
-    return None
-
-
-def _check_tool_choice(req: ResponsesRequest) -> None:
-    """A forced tool must be one the request declares."""
-    choice = req.tool_choice
-    if choice == "required" and not req.tools:
-        raise InvalidRequestError("tool_choice 'required' needs tools", param="tool_choice")
-    if not isinstance(choice, ToolChoiceObject):
-        return
-    if choice.type == "function":
-        names = {t.name for t in req.tools if t.type == "function"}
-        if choice.name not in names:
-            raise InvalidRequestError(f"tool_choice names the function {choice.name!r}, which "
-                                      "`tools` does not declare", param="tool_choice.name")
-    elif choice.type in BUILTIN_TYPES:
-        if BUILTIN_TYPES[choice.type] not in req.builtin_types():
-            raise InvalidRequestError(f"tool_choice {choice.type!r} is not among `tools`",
-                                      param="tool_choice.type")
-    else:
-        raise InvalidRequestError(f"unsupported tool_choice type {choice.type!r}",
-                                  param="tool_choice.type")
-
-
 class ResponsesService:
     """The store (None with --no-store), the runs in flight and the built-in tools."""
 
@@ -102,7 +62,7 @@ class ResponsesService:
     async def create(self, request: Request) -> Response:
         req = parse_body(ResponsesRequest, await request.body())
         self.ctx.check_model(req.model)
-        constraint = constrained_decoding_hook(req)
+        constraint = run_constraint(req)
         if self.store is None:
             if req.background:
                 raise InvalidRequestError("background responses need the response store, "

@@ -49,7 +49,7 @@ class LoopPlan:
     options: RenderOptions
     tools: dict[str, BuiltinTool]  # enabled built-in tools offered to this run, by tool type
     max_tool_turns: int
-    constraint: Any = None  # SamplingParams.constraint (responses.constrained_decoding_hook)
+    constraint: Any = None  # SamplingParams.constraint (api/response_constraint.py)
 
 
 class ToolLoop:
