@@ -6,8 +6,9 @@ queue full, engine dead) reach the client as HTTP errors because nothing was emi
 (2) emit `response.created` / `response.in_progress` once; (3) map the call's tokens to items
 (`api/response_output.py`); (4) if the model addressed an enabled built-in tool and turns are
 left (`--max-tool-turns`), run it, emit its call events, append its reply as a harmony tool
-message and go to (1); a function call, a final answer or a cut ends the run; (5) attach
-url_citation annotations to the messages, set status and usage, emit the terminal event.
+message and go to (1); once the turns are spent the call is left unrun, its item `incomplete`
+(as OpenAI ignores calls past `max_tool_calls`); a function call, a final answer or a cut ends
+the run; (5) set status and usage, emit the terminal event.
 Cancelling the task (client gone, `POST .../cancel`) aborts the engine request or the tool call
 in flight; the run then ends `cancelled`. Knows nothing of HTTP or SQLite.
 """
@@ -146,9 +147,9 @@ class ToolLoop:
             call = mapper.pending
             if call is None:
                 return self._complete("completed")
-            if turn == self.plan.max_tool_turns:
+            if turn == self.plan.max_tool_turns:  # OpenAI's max_tool_calls: the call is ignored
                 self._close_call(call, {**call.item, "status": "incomplete"})
-                return self._complete("incomplete", "max_tool_turns")
+                return self._complete("completed")
             await self._run_tool(call)
             outputs = await self.start_call()
         raise AssertionError("unreachable")  # pragma: no cover
