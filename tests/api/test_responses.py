@@ -190,6 +190,10 @@ def test_constrained_options(serve, tok, body, param):
     assert engine.admitted[0].sampling_params.constraint is not None
     if "text" in body:
         assert "# Response Formats" in tok.decode(list(engine.admitted[0].prompt_token_ids))
+    bad = {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nope"}}}
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "x", "text": bad})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema"
+    assert "response_format" not in r.json()["error"]["message"]
     mixed = {**body, "tools": [*body.get("tools", [WEATHER_TOOL]), {"type": "code_interpreter"}]}
     r = http.post("/v1/responses", json={"model": MODEL, "input": "x", **mixed})
     assert r.status_code == 400 and r.json()["error"]["param"] == param

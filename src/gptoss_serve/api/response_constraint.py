@@ -43,7 +43,10 @@ def run_constraint(req: ResponsesRequest) -> Any:
         return build(response_format=fmt, tools=req.function_tools(), tool_choice=choice,
                      parallel_tool_calls=req.parallel_tool_calls)
     except InvalidRequestError as exc:
-        exc.param = responses_param(exc.param)
+        renamed = responses_param(exc.param)
+        if exc.param and renamed:
+            exc.message = exc.message.replace(exc.param, renamed)
+        exc.param = renamed
         raise
 
 
