@@ -174,6 +174,10 @@ def test_registry_and_description(corpus):
     assert tools == {} and "EXA_API_KEY" in lines[1]
     tools, lines = build_tools(ToolOptions(python_tool="off", browser_corpus=str(corpus)))
     assert "(3 documents)" in lines[1] and "refused" in lines[1]
+    (corpus / "huge.txt").write_text("x" * 2000)
+    _, lines = build_tools(ToolOptions(python_tool="off", browser_corpus=str(corpus),
+                                       browser_max_page_bytes=1000))
+    assert "(3 documents, 1 skipped: unreadable or over 1000 bytes)" in lines[1]
     description = tools["web_search"].description()
     assert description["name"] == "browser"
     assert description["description"].endswith("sources=local (default: local)")
