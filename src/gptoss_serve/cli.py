@@ -52,7 +52,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
     a = p.add_argument
     _add_model_args(a)
-    _add_tool_args(a)
     a("--served-model-name", default=None, help="name clients use (default: hub/folder name)")
     a("--host", default="127.0.0.1")
     a("--port", type=int, default=8000)
@@ -65,6 +64,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
     a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
+    _add_tool_args(a)
     p.set_defaults(func=_run_serve)
 
 
