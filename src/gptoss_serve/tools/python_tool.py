@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,6 +151,7 @@ class PythonTool:
         self._guard = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="gptoss-python-"))
         self._root.chmod(0o711)  # the sandbox's own uid must reach its scratch dir inside
+        weakref.finalize(self, shutil.rmtree, self._root, True)  # also without close()
         self._kernel_source = Path(kernel.__file__).read_text()
         # own threads: long cells must not occupy the event loop's default executor
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="python-tool")
