@@ -174,6 +174,10 @@ def test_registry_and_description(corpus):
     assert tools == {} and "EXA_API_KEY" in lines[1]
     tools, lines = build_tools(ToolOptions(python_tool="off", browser_corpus=str(corpus)))
     assert "(3 documents)" in lines[1] and "refused" in lines[1]
+    (corpus / "huge.txt").write_text("x" * 2000)
+    _, lines = build_tools(ToolOptions(python_tool="off", browser_corpus=str(corpus),
+                                       browser_max_page_bytes=1000))
+    assert "(3 documents, 1 skipped: unreadable or over 1000 bytes)" in lines[1]
     description = tools["web_search"].description()
     assert description["name"] == "browser"
     assert description["description"].endswith("sources=local (default: local)")
@@ -325,3 +329,27 @@ def test_allow_private_opens_html_and_limits_size(web, corpus):
     assert "cannot show content of type `image/png`" in image.text
     missing = call(tool, "browser.open", {"id": f"{web.base}/nothing"})
     assert "HTTP 404" in missing.text
+
+
+def test_a_find_result_link_opens_the_page_at_the_match(corpus):
+    (corpus / "many.md").write_text("# Many\n\n" + "\n".join(f"line {i}" for i in range(20))
+                                    + "\nthe needle is here\n")
+    tool = make_tool(corpus)
+    call(tool, "browser.open", {"id": "corpus://local/many.md"})
+    call(tool, "browser.find", {"pattern": "needle"})
+    out = call(tool, "browser.open", {"id": 0, "num_lines": 5})
+    # the match is page line 24 (blank L0, URL, title, blank, 20 numbered lines): shown from L20
+    assert "**viewing lines [20 - 24] of 24**" in out.text
+    assert out.text.endswith("L24: the needle is here")
+
+
+def test_clicking_a_link_again_uses_the_page_already_seen(web, corpus):
+    (corpus / "links.md").write_text(f"# Links\n\nSee [the fake page]({web.base}/page.html).\n")
+    tool = make_tool(corpus, allow_private=True)
+    call(tool, "browser.open", {"id": "corpus://local/links.md"})
+    first = call(tool, "browser.open", {"cursor": 0, "id": 0})
+    again = call(tool, "browser.open", {"cursor": 0, "id": 0})
+    assert first.text.startswith("[1] Fake page") and again.text.startswith("[2] Fake page")
+    assert [r[1] for r in web.requests] == ["/page.html"]  # fetched once
+    typed = call(tool, "browser.open", {"id": f"{web.base}/page.html"})  # typed: fetched afresh
+    assert typed.text.startswith("[3] Fake page") and len(web.requests) == 2

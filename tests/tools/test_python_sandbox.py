@@ -177,3 +177,9 @@ def test_background_processes_do_not_outlive_a_call(tool):
     listed = run(tool, "import os\nsorted(int(p) for p in os.listdir('/proc') if p.isdigit())",
                  "strays")
     assert listed.text.strip() == "[1, 2]"  # the namespace's init and the kernel, nothing else
+
+
+def test_output_of_control_bytes_is_not_mistaken_for_a_hang(tool):
+    out = run(tool, "import sys\nsys.stdout.write('\\x01' * 50_000)", "ctl")
+    assert out.text.startswith("\x01" * 16_000) and "truncated" in out.text
+    still_works(tool, "ctl")

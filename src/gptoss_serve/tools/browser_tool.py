@@ -34,6 +34,7 @@ class UsageError(Exception):
 @dataclass
 class _Session:
     stack: list[Page] = field(default_factory=list)
+    by_url: dict[str, Page] = field(default_factory=dict)  # pages seen, for link clicks
 
     def page(self, cursor: int) -> Page:
         if not self.stack:
@@ -136,7 +137,7 @@ class BrowserTool:
         loc = _int(args, "loc")
         num_lines = _int(args, "num_lines")
         if isinstance(link, str) and not link.lstrip("-").isdigit():
-            page = await self._load(link, None)
+            page = await self._load(link, None)  # a URL typed in: always loaded afresh
         else:
             link = int(link) if isinstance(link, str) else link
             if not isinstance(link, int | float):
@@ -146,7 +147,11 @@ class BrowserTool:
                 url = current.links.get(int(link))
                 if url is None:
                     raise UsageError(f"Invalid link id `{int(link)}`.")
-                page = await self._load(url, current.snippets.get(int(link)))
+                page = session.by_url.get(url) or await self._load(
+                    url, current.snippets.get(int(link)))
+                line = current.targets.get(int(link))
+                if loc < 0 and line is not None:  # a find result: show the match in context
+                    loc = line - 4 if line > 4 else line
             else:
                 page = current  # scroll the page at `cursor`
         return self._show(session, page, max(loc, 0), num_lines), page.url
@@ -192,6 +197,8 @@ class BrowserTool:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         session.stack.append(page)
+        if page.kind == "page":
+            session.by_url[page.url] = page
         return shown
 
     def _session(self, session_id: str) -> _Session:

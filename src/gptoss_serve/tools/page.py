@@ -41,6 +41,7 @@ class Page:
     kind: str = "page"  # "page" | "search" | "find"
     cite_url: str = ""
     snippets: dict[int, str] = field(default_factory=dict)  # search hits' own text, by link id
+    targets: dict[int, int] = field(default_factory=dict)  # find results: link id -> line
 
     def __post_init__(self) -> None:
         if not self.cite_url and self.kind == "page":
@@ -276,9 +277,11 @@ def find_page(page: Page, pattern: str) -> Page:
     needle = pattern.lower()
     lines = strip_link_marks("\n".join(page.lines())).split("\n")
     chunks: list[str] = []
+    targets: dict[int, int] = {}
     index = 0
     while index < len(lines) and len(chunks) < FIND_MAX_RESULTS:
         if needle in lines[index].lower():
+            targets[len(chunks)] = index
             snippet = "\n".join(lines[index:index + FIND_CONTEXT_LINES])
             chunks.append(f"# 【{len(chunks)}†match at L{index}】\n{snippet}")
             index += FIND_CONTEXT_LINES
@@ -288,7 +291,7 @@ def find_page(page: Page, pattern: str) -> Page:
     return Page(url=f"{page.url}/find?pattern={quote(pattern)}",
                 title=f"Find results for text: `{pattern}` in `{page.title}`", text=text,
                 links={i: page.url for i in range(len(chunks))}, kind="find",
-                cite_url=page.cite_url)
+                cite_url=page.cite_url, targets=targets)
 
 
 def display(page: Page, cursor: int, loc: int, num_lines: int, view_chars: int) -> str:

@@ -9,6 +9,7 @@ and the `code_interpreter_call` item. How the process is confined is sandbox.py'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,9 +50,10 @@ class _Kernel:
         argv = [*launch.argv, json.dumps(limits)]
         self._proc = sandbox.popen(sandbox.Launch(**{**launch.__dict__, "argv": argv}))
         self._buffer = b""
-        self._max_line = int(limits["max_output_bytes"]) * 4 + 4096
+        # a reply's JSON is at most ~6 characters per output byte (\u escapes)
+        self._max_line = int(limits["max_output_bytes"]) * 8 + 4096
         if self._read_line(time.monotonic() + _START_S) != b'{"ready": true}':
-            self.kill()
+            self.dispose()
             raise OSError("the sandboxed python did not start")
 
     @property
@@ -82,12 +85,13 @@ class _Kernel:
     def _read_line(self, deadline: float) -> bytes | None:
         assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
+        poller = select.poll()  # not select(): a busy server's fds may pass FD_SETSIZE
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0 or len(self._buffer) > self._max_line:
                 return None
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
+            if not poller.poll(left * 1000):
                 continue
             try:
                 chunk = os.read(fd, 65536)
@@ -100,14 +104,18 @@ class _Kernel:
         return line
 
     def kill(self) -> None:
-        """Kill the sandbox and everything in it (its pid namespace, its process group)."""
+        """Kill the sandbox and everything in it (its pid namespace, its process group). Safe
+        from another thread while a call waits: that call then reads EOF."""
         sandbox.kill_tree(self._proc)
+
+    def dispose(self) -> None:
+        """Kill, then close the pipes; only by the thread that owns the session's lock (a
+        reader must never see its fd closed, or reused, under it)."""
+        self.kill()
         for pipe in (self._proc.stdin, self._proc.stdout):
-            try:
+            with contextlib.suppress(OSError):
                 if pipe is not None:
                     pipe.close()
-            except OSError:
-                pass
 
 
 class _Session:
@@ -143,6 +151,7 @@ class PythonTool:
         self._guard = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="gptoss-python-"))
         self._root.chmod(0o711)  # the sandbox's own uid must reach its scratch dir inside
+        weakref.finalize(self, shutil.rmtree, self._root, True)  # also without close()
         self._kernel_source = Path(kernel.__file__).read_text()
         # own threads: long cells must not occupy the event loop's default executor
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="python-tool")
@@ -178,7 +187,11 @@ class PythonTool:
         with self._guard:
             session = self._sessions.pop(session_id, None)
         if session is not None:
-            self._stop_kernel(session)
+            self._stop_kernel(session)  # a call in flight ends at once, then the lock is free
+            with session.lock:
+                if session.kernel is not None:
+                    session.kernel.dispose()
+                    session.kernel = None
             shutil.rmtree(session.scratch, ignore_errors=True)
 
     def close(self) -> None:
@@ -224,6 +237,7 @@ class PythonTool:
         with session.lock:
             restarted = ""
             if session.kernel is not None and not session.kernel.alive:
+                session.kernel.dispose()
                 session.kernel = None
                 restarted = "[the python session had stopped; a new one was started]\n"
             if session.kernel is None:
@@ -234,7 +248,7 @@ class PythonTool:
                     return f"[the python tool could not start: {exc}]", False
             reply = session.kernel.execute(code, self.timeout)
             if "died" in reply:
-                session.kernel.kill()
+                session.kernel.dispose()
                 session.kernel = None
                 if reply["died"] == "timeout":
                     why = f"execution timed out after {self.timeout:g} seconds"

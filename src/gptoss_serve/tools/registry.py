@@ -56,7 +56,10 @@ def _browser(options: ToolOptions) -> tuple[BuiltinTool | None, str]:
             corpus = LocalCorpus(options.browser_corpus, options.browser_max_page_bytes)
         except ValueError as exc:
             return None, f"{name}: off ({exc})"
-        backend, what = corpus, f"local corpus {options.browser_corpus} ({corpus.size} documents)"
+        skipped = (f", {corpus.skipped} skipped: unreadable or over "
+                   f"{options.browser_max_page_bytes} bytes" if corpus.skipped else "")
+        backend = corpus
+        what = f"local corpus {options.browser_corpus} ({corpus.size} documents{skipped})"
     else:
         if not options.browser_api_key:
             env = "EXA_API_KEY" if options.browser_backend == "exa" else "YDC_API_KEY"

@@ -57,13 +57,17 @@ class LocalCorpus:
         self._db.execute("CREATE VIRTUAL TABLE docs USING fts5(title, body, url UNINDEXED,"
                          " tokenize='porter unicode61')")
         self._pages: dict[str, Page] = {}
+        self.skipped = 0  # documents larger than max_bytes or unreadable (said at start-up)
         for path in sorted(self.folder.rglob("*")):
             kind = CORPUS_SUFFIXES.get(path.suffix.lower())
-            if kind is None or not path.is_file() or path.stat().st_size > max_bytes:
+            if kind is None or not path.is_file():
                 continue
             try:
+                if path.stat().st_size > max_bytes:
+                    raise OSError("too large")
                 raw = path.read_text(encoding="utf-8", errors="replace")
             except OSError:
+                self.skipped += 1
                 continue
             page = self._parse(raw, kind, path.relative_to(self.folder).as_posix())
             self._pages[page.url] = page
