@@ -88,6 +88,9 @@ def test_background_poll_and_resume_a_live_stream(serve):
     rest = list(client.responses.retrieve(rid, stream=True, starting_after=2))
     events = head + rest
     assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events[:3]] == ["response.created", "response.queued",
+                                            "response.in_progress"]
+    assert events[0].response.status == "queued"
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == "Hello! How can I help?"
 

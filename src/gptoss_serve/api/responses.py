@@ -139,6 +139,7 @@ class ResponsesService:
                 return
             await loop.execute(outputs)
 
+        loop.announce()  # created + queued: a stream can follow from here
         self._save(run)  # queued: retrievable at once
         run.task = asyncio.ensure_future(self._finish(run, loop, work()))
         self.live[run.id] = run

@@ -3,7 +3,8 @@
 Owns the order of a run: (1) render the conversation (history + this input + what the run has
 produced so far) and start a model call; the first call's admission errors (context too long,
 queue full, engine dead) reach the client as HTTP errors because nothing was emitted yet;
-(2) emit `response.created` / `response.in_progress` once; (3) map the call's tokens to items
+(2) emit `response.created` / `response.in_progress` once (a background run announces
+itself `queued` at once: `response.created`, `response.queued`); (3) map the call's tokens to items
 (`api/response_output.py`); (4) if the model addressed an enabled built-in tool and turns are
 left (`--max-tool-turns`), run it, emit its call events, append its reply as a harmony tool
 message and go to (1); once the turns are spent the call is left unrun, its item `incomplete`
@@ -90,12 +91,22 @@ class ToolLoop:
         request = self.engine_request()
         self.run.usage.input_tokens += len(request.prompt_token_ids)
         outputs = await prime(self.ctx.generate(request))
-        if not self._started:
-            self._started = True
+        if self.run.status != "in_progress":  # the first call: the run begins
+            if not self._started:  # a foreground run is never shown as queued
+                self.run.status = "in_progress"
+            self.announce()
             self.run.status = "in_progress"
-            self.run.emit("response.created", response=self.run.snapshot())
             self.run.emit("response.in_progress", response=self.run.snapshot())
         return outputs
+
+    def announce(self) -> None:
+        """`response.created` (and `response.queued` for a run still waiting), once."""
+        if self._started:
+            return
+        self._started = True
+        self.run.emit("response.created", response=self.run.snapshot())
+        if self.run.status == "queued":
+            self.run.emit("response.queued", response=self.run.snapshot())
 
     async def _model_call(self, outputs: Any) -> tuple[OutputMapper, str | None]:
         run = self.run
