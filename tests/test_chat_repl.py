@@ -127,3 +127,13 @@ def test_cli_chat_on_the_tiny_model(tmp_path):
     # greedy and reset: the same prompt twice gives the same answer
     first, second = (proc.stdout.split("[conversation reset]\n")[i] for i in (0, 1))
     assert first.splitlines()[-2] == second.splitlines()[-2]
+
+
+def test_help_and_unknown_commands_are_never_sent_to_the_model():
+    """issue 14.12: /help went to the model as a user turn."""
+    engine = ScriptedEngine()
+    text = chat(["/help", "/hlep", "/usr/bin is where?"], engine)
+    assert "/reset" in text and "[unknown command /hlep" in text
+    assert len(engine.requests) == 1  # only the line with a space is a message
+    assert list(engine.requests[0].prompt_token_ids) == harmony_prompt(
+        [("user", "/usr/bin is where?")])

@@ -109,6 +109,14 @@ class _Printer:
         self.out.flush()
 
 
+HELP = "[/reset forgets the conversation, /exit (or Ctrl-D) leaves, /help shows this]\n"
+
+
+def _is_command(text: str) -> bool:
+    """A single word starting with "/" (a line such as "/usr/bin is where?" is a message)."""
+    return text.startswith("/") and len(text) > 1 and not any(c.isspace() for c in text)
+
+
 def run_chat(engine: LLMEngine, options: ChatOptions, read_line: Callable[[], str | None],
              out: TextIO) -> int:
     """The loop: read a line (None = end of input), answer it, until /exit or end of input."""
@@ -120,6 +128,9 @@ def run_chat(engine: LLMEngine, options: ChatOptions, read_line: Callable[[], st
         if text == "/reset":
             session.reset()
             out.write("[conversation reset]\n")
+            continue
+        if _is_command(text):  # /help, or a command that does not exist: never sent
+            out.write(HELP if text == "/help" else f"[unknown command {text}; /help lists them]\n")
             continue
         if text:
             try:

@@ -29,7 +29,11 @@ def _add_make_checkpoint(sub: argparse._SubParsersAction) -> None:
 def _run_make_checkpoint(args: argparse.Namespace) -> int:
     from gptoss_serve.model.synthetic import write_checkpoint
 
-    write_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
+    try:
+        write_checkpoint(args.out_dir, preset=args.preset, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"make-checkpoint: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.preset} checkpoint to {args.out_dir}")
     return 0
 
@@ -63,7 +67,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
       "shared with other work, fewer threads than cores avoid waiting for busy cores")
     a("--no-reasoning-content-alias", action="store_true",
       help="send reasoning only as `reasoning`, not also as `reasoning_content`")
-    a("--max-queue", type=int, default=1024, help="waiting requests before new ones get a 429")
+    a("--max-queue", type=int, default=1024,
+      help="requests admitted and not yet started before new ones get a 429")
+    a("--max-body-mib", type=float, default=16.0, help="larger request bodies get a 413")
+    a("--public-metrics", action="store_true",
+      help="serve /metrics without the API key (every other route but /health needs it)")
     store = p.add_mutually_exclusive_group()
     store.add_argument(
         "--responses-db", default=None, metavar="PATH",
@@ -149,6 +157,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         responses_db=None if args.no_store else (
             args.responses_db or str(tiny.parent / "responses.sqlite3")),
         max_tool_turns=args.max_tool_turns,
+        max_body_bytes=int(args.max_body_mib * (1 << 20)), public_metrics=args.public_metrics,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,

@@ -172,8 +172,10 @@ class ServerConfig:
     api_key: str | None = None
     current_date: str | None = "today"  # "today" (UTC), "YYYY-MM-DD", or None for no date
     reasoning_content_alias: bool = True
-    max_queue: int = 1024
+    max_queue: int = 1024  # requests admitted and not yet started before new ones get a 429
     default_max_tokens: int = 1024
+    max_body_bytes: int = 16 << 20  # larger request bodies get a 413
+    public_metrics: bool = False  # /metrics without the API key (/health never needs it)
     responses_db: str | None = ":memory:"  # SQLite file of /v1/responses; None: --no-store
     max_tool_turns: int = 8  # built-in tool calls the server runs per response
     extra: dict[str, Any] = field(default_factory=dict)

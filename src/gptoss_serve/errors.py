@@ -12,6 +12,7 @@ class GptOssServeError(Exception):
     status: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after: int | None = None  # seconds, sent as `Retry-After` (overload, engine down)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -50,6 +51,14 @@ class ContextLengthError(InvalidRequestError):
         self.limit = limit
 
 
+class PayloadTooLargeError(GptOssServeError):
+    """A request body over the server's limit (413)."""
+
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class AuthenticationError(GptOssServeError):
     status = 401
     error_type = "invalid_request_error"
@@ -68,6 +77,7 @@ class OverloadedError(GptOssServeError):
     status = 429
     error_type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
+    retry_after = 1
 
 
 class EngineDeadError(GptOssServeError):
@@ -76,6 +86,7 @@ class EngineDeadError(GptOssServeError):
     status = 503
     error_type = "server_error"
     code = "engine_dead"
+    retry_after = 5
 
 
 class CheckpointError(GptOssServeError):

@@ -229,3 +229,35 @@ def test_input_reasoning_accepted_in_both_spellings(make_client, tok, spelling):
     tools = [{"type": "function", "function": {"name": "get_weather"}}]
     text = tok.decode(_tokens(client, messages, tools=tools))
     assert "<|channel|>analysis<|message|>Look it up.<|end|>" in text
+
+
+@pytest.mark.parametrize(("sent", "param"), [
+    ({"max_completion_tokens": 100}, "max_completion_tokens"),
+    ({"max_tokens": 100}, "max_tokens"),
+    ({}, "messages"),
+])
+def test_context_error_names_what_was_sent(make_client, sent, param):
+    """issue 14.12: max_tokens was named when max_completion_tokens or nothing was sent."""
+    client, engine = make_client(ANSWER)
+    engine.max_model_len = 120
+    long = [{"role": "user", "content": "word " * 200}] if not sent else USER
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": long, **sent})
+    err = resp.json()["error"]
+    assert resp.status_code == 400 and err["param"] == param
+    other = {"max_tokens", "max_completion_tokens"} - {param}
+    assert not any(f" {name} " in err["message"] for name in other), err["message"]
+
+
+def test_completions_default_max_tokens_is_lowered_to_what_fits(make_client, tok):
+    client, engine = make_client([5] * 40)
+    engine.max_model_len = 20
+    prompt = tok.encode("one two three four five six seven eight nine ten")
+    assert 4 < len(prompt) < 20 - 4
+    resp = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt})
+    assert resp.status_code == 200, resp.text
+    assert engine.admitted[-1].sampling_params.max_tokens == 20 - len(prompt)
+    resp = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt,
+                                                "max_tokens": 16})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "max_tokens"
+    resp = client.post("/v1/completions", json={"model": MODEL, "prompt": [1] * 25})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt"

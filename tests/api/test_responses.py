@@ -311,8 +311,10 @@ def test_openapi_describes_the_request_body(serve):
     import jsonschema
 
     _, _, http = serve(REASON_AND_ANSWER)
-    op = http.get("/openapi.json").json()["paths"]["/v1/responses"]["post"]
-    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    doc = http.get("/openapi.json").json()
+    op = doc["paths"]["/v1/responses"]["post"]
+    schema = {**op["requestBody"]["content"]["application/json"]["schema"],
+              "components": doc["components"]}  # its $ref points into the document
     good = {"model": MODEL, "input": [{"role": "user", "content": "hi"},
                                       {"type": "function_call_output", "call_id": "c",
                                        "output": "x"}],

@@ -77,6 +77,19 @@ BAD = [
     ("min_tokens-over-max", "min_tokens", 2000, "min_tokens"),
     ("ignore_eos-string", "ignore_eos", "x", "ignore_eos"),
     ("user-type", "user", 5, "user"),
+    # issue 14.1: numbers the engine cannot hold are refused at the schema
+    ("top_k-huge", "top_k", 10**309, "top_k"),
+    ("min_tokens-huge", "min_tokens", 2**31, "min_tokens"),
+    ("max_tokens-huge", "max_tokens", 2**31, "max_tokens"),
+    ("max_completion_tokens-huge", "max_completion_tokens", 10**30, "max_completion_tokens"),
+    ("n-huge", "n", 10**20, "n"),
+    ("seed-huge", "seed", 2**63, "seed"),
+    ("logit_bias-huge", "logit_bias", {"5": 10**309}, "logit_bias.5"),
+    # issue 14.2: keys that str.isdigit() accepts but int() refuses
+    ("logit_bias-superscript", "logit_bias", {"\u00b2": 1}, "logit_bias"),
+    ("logit_bias-circled", "logit_bias", {"\u2460": 1}, "logit_bias"),
+    ("logit_bias-4301-digits", "logit_bias", {"1" * 4301: 1}, "logit_bias"),
+    ("logit_bias-negative", "logit_bias", {"-5": 1}, "logit_bias"),
 ]
 
 
@@ -164,3 +177,14 @@ def test_fields_reach_the_engine(make_client):
         0.3, 0.9, 7, 11, 5, 0.1)
     assert (p.frequency_penalty, p.presence_penalty, p.logit_bias) == (0.5, -0.5, ((17, 3.0),))
     assert (p.ignore_eos, p.min_tokens, p.n) == (True, 2, 3)
+
+
+def test_the_engine_killing_completion_is_a_400(make_client):
+    """issue 14.1's exact body: top_k = 1 followed by 309 zeros."""
+    client, engine = make_client("ok")
+    body = f'{{"model":"{MODEL}","prompt":"hi","max_tokens":2,"top_k":1{"0" * 309},"top_p":0.5}}'
+    resp = client.post("/v1/completions", content=body,
+                       headers={"content-type": "application/json"})
+    _assert_400(resp, "top_k")
+    assert engine.admitted == []
+

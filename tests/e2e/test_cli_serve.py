@@ -61,6 +61,11 @@ def test_serve_tiny_default_then_sigterm_exits_0(tmp_path):
                 proc.kill()
     text = log_path.read_text()
     assert "RANDOM" in text and "KV cache" in text and "full-attention blocks" in text
+    ours = [ln.split(": ", 1)[1] for ln in text.splitlines()
+            if " gptoss_serve." in ln and ": " in ln]
+    assert sorted(ours) == sorted(set(ours)), "a start-up line is printed twice"
+    assert "full context (2048 tokens)" in text  # --max-model-len reaches the capacity line
+    assert sum(m.startswith("kernels: ") for m in ours) == 1
     assert (tmp_path / "tiny" / "config.json").exists()
     import sqlite3  # the default store is a file under the cache dir, written before the reply
 

@@ -10,7 +10,7 @@ from test_engine import make_llm, reference
 
 from gptoss_serve.engine.async_engine import AsyncEngine
 from gptoss_serve.engine.request import EngineRequest, SamplingParams
-from gptoss_serve.errors import ContextLengthError, EngineDeadError
+from gptoss_serve.errors import ContextLengthError, EngineDeadError, InvalidRequestError
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
@@ -146,3 +146,40 @@ def test_cpu_loading_runs_in_a_passing_thread(monkeypatch):
     with pytest.raises(EngineDeadError, match="load failed"):
         async_engine.AsyncEngine.from_config("x", device="cpu", cache=None, sched=None,
                                              kernels="broken")
+
+
+def _bad_then_good(engine: AsyncEngine, bad: EngineRequest, match: str | None = None) -> None:
+    """`bad` fails with a 400 alone: a good request after it runs, the engine stays alive."""
+    async def main():
+        with pytest.raises(InvalidRequestError, match=match):
+            await collect(engine, bad)
+        good = await collect(engine, request("good", range(5)))
+        dead = engine.is_dead
+        await engine.shutdown()
+        return good, dead
+
+    good, dead = asyncio.run(main())
+    assert good == reference(list(range(5)), 12) and not dead
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0, top_k=10**309, top_p=0.5, max_tokens=4),
+    SamplingParams(temperature=1.0, logit_bias=((3, 1e300),), max_tokens=4),
+    SamplingParams(temperature=1.0, logit_bias=((2**70, 1.0),), max_tokens=4),
+])
+def test_sampling_params_the_sampler_cannot_hold_fail_that_request_alone(params):
+    """One request with top_k = 10**309 used to kill the engine loop for good (issue 14.1)."""
+    _bad_then_good(AsyncEngine(make_llm().engine), request("bad", range(5), params))
+
+
+def test_any_error_adding_a_request_fails_that_request_alone():
+    engine = AsyncEngine(make_llm().engine)
+    add = engine.engine.scheduler.add_request
+
+    def picky(req):
+        if req.request_id == "bad":
+            raise RuntimeError("cannot prepare")
+        add(req)
+
+    engine.engine.scheduler.add_request = picky
+    _bad_then_good(engine, request("bad", range(5)), match="cannot prepare")

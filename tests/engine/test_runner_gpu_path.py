@@ -137,7 +137,7 @@ def test_cuda_graph_decode_gives_the_tokens_of_eager_decode(checkpoint):
     assert decode.steps > 5 and decode.padding_rows > 0
 
 
-def test_cli_flags_reach_the_engine_and_the_startup_log(checkpoint, monkeypatch):
+def test_cli_flags_reach_the_engine_and_the_startup_log(checkpoint, monkeypatch, caplog):
     from types import SimpleNamespace
 
     from gptoss_serve import cli
@@ -147,8 +147,10 @@ def test_cli_flags_reach_the_engine_and_the_startup_log(checkpoint, monkeypatch)
     monkeypatch.setattr(server, "run_server", lambda opts: seen.setdefault("opts", opts) and 0)
     assert cli.main(["serve", "--kernels", "reference", "--enforce-eager"]) == 0
     assert seen["opts"].kernels == "reference" and seen["opts"].enforce_eager
-    llm = engine(checkpoint, "reference")
+    with caplog.at_level("INFO"):
+        llm = engine(checkpoint, "reference")
     lines = server.describe(SimpleNamespace(engine=llm.engine, max_model_len=4096), "m", False)
     text = "\n".join(lines)
-    assert "plain-torch reference" in text and "sequence(s) of 131072 tokens" in text
+    assert "plain-torch reference" in caplog.text and "full context (4096 tokens)" in text
+    assert f"at most {llm.engine.scheduler.config.max_num_seqs} (--max-num-seqs)" in text
     assert "decode step: eager (CUDA graphs need CUDA, device is cpu)" in text

@@ -235,3 +235,12 @@ def test_argmax_only_exactly_when_sampling_is_the_plain_argmax():
     banned = SamplingRow(SamplingParams(temperature=0.0), noise_key(1, 0, 0), banned_ids=(top,))
     assert not Sampler.argmax_only([banned])
     assert Sampler().sample(logits, [banned])[0].token_id != top
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 1e-6])
+def test_a_tiny_temperature_is_greedy(temperature):
+    """5e-324 is 0 in float32: dividing by it gave inf/NaN logits and token 0 (issue 14.9)."""
+    logits = random_logits(8) - 10  # argmax is never token 0 by accident of NaN handling
+    logits[:, 0] = -50
+    got = [t.token_id for t in Sampler().sample(logits, rows(8, temperature=temperature))]
+    assert got == logits.argmax(dim=-1).tolist()

@@ -181,6 +181,15 @@ CASES: list[tuple[str, list[dict], dict]] = [
     ("tool_result_parts", [*Q, CALL, {"role": "tool", "tool_call_id": CALL_ID,
                                       "content": [{"type": "text", "text": "{\"t\": 1}"}]}],
      {"tools": [WEATHER]}),
+    ("tool_result_two_parts", [*Q, CALL, {"role": "tool", "tool_call_id": CALL_ID, "content": [
+        {"type": "text", "text": "{\"t\": "}, {"type": "text", "text": "1}"}]}],
+     {"tools": [WEATHER]}),
+    ("parts_back_to_back", [{"role": "user", "content": [
+        {"type": "text", "text": "Part one. "}, {"type": "text", "text": "Part two."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Answer "},
+                                          {"type": "text", "text": "in parts."}]},
+        {"role": "user", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": ""},
+                                     {"type": "text", "text": "B"}]}], {}),
     ("assistant_reasoning_only", [{"role": "user", "content": "Think."},
                                   {"role": "assistant", "reasoning": "Hmm."}], {}),
     ("assistant_empty_content", [{"role": "user", "content": "x"},

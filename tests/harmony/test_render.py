@@ -19,9 +19,24 @@ EFFORT_NAMES = {"low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
 
 
 def _text(content):
+    """Instructions (system/developer text) are one string in openai-harmony: parts back to
+    back, as every other message's parts render (see _message)."""
     if isinstance(content, list):
-        return "\n".join(part["text"] for part in content)
+        return "".join(part["text"] for part in content)
     return content
+
+
+def _message(author, content, H):
+    """A message with one openai-harmony TextContent per text part: the oracle joins them.
+    `author`: a Role, or an Author for a named one (tools)."""
+    parts = content if isinstance(content, list) else [{"text": content}]
+    if isinstance(author, H.Role):
+        msg = H.Message.from_role_and_content(author, parts[0]["text"])
+    else:
+        msg = H.Message.from_author_and_content(author, parts[0]["text"])
+    for part in parts[1:]:
+        msg = msg.adding_content(H.TextContent(text=part["text"]))
+    return msg
 
 
 def _response_format_text(rf):
@@ -44,11 +59,11 @@ def _assistant(msg, call_names, H):
                    .with_channel("analysis"))
     if not msg.get("tool_calls"):
         if msg.get("content") is not None:
-            out.append(H.Message.from_role_and_content(H.Role.ASSISTANT, _text(msg["content"]))
+            out.append(_message(H.Role.ASSISTANT, msg["content"], H)
                        .with_channel("final"))
         return out
     if msg.get("content"):
-        out.append(H.Message.from_role_and_content(H.Role.ASSISTANT, _text(msg["content"]))
+        out.append(_message(H.Role.ASSISTANT, msg["content"], H)
                    .with_channel("commentary"))
     for call in msg["tool_calls"]:
         call_names[call["id"]] = call["function"]["name"]
@@ -86,14 +101,13 @@ def oracle_conversation(messages, opts):
     call_names: dict[str, str] = {}
     for msg in messages:
         if msg["role"] == "user":
-            out.append(H.Message.from_role_and_content(H.Role.USER, _text(msg["content"])))
+            out.append(_message(H.Role.USER, msg["content"], H))
         elif msg["role"] == "assistant":
             out += _assistant(msg, call_names, H)
         elif msg["role"] == "tool":
             name = call_names.get(msg.get("tool_call_id")) or msg["name"]
-            out.append(H.Message.from_author_and_content(
-                H.Author.new(H.Role.TOOL, f"functions.{name}"), _text(msg["content"]))
-                .with_recipient("assistant").with_channel("commentary"))
+            out.append(_message(H.Author.new(H.Role.TOOL, f"functions.{name}"), msg["content"], H)
+                       .with_recipient("assistant").with_channel("commentary"))
     return H.Conversation.from_messages(out)
 
 

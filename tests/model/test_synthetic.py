@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -89,3 +90,40 @@ def test_make_checkpoint_cli_tiny(tmp_path):
     # peaked: the best token is clear of the runner-up by more than numerical noise
     top2 = logits.topk(2).values
     assert (top2[0] - top2[1]).item() > 0.1 and logits.std().item() > 5
+
+
+def test_make_checkpoint_unknown_preset_is_a_message_not_a_traceback(tmp_path, capsys):
+    from gptoss_serve import cli
+
+    assert cli.main(["make-checkpoint", str(tmp_path / "x"), "--preset", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'bogus'" in err and "tiny" in err and "Traceback" not in err
+
+
+def test_serving_a_random_checkpoint_warns(tmp_path, caplog, monkeypatch):
+    """issue 14.12: `serve --model` of a make-checkpoint folder said nothing of random weights."""
+    import logging
+
+    from gptoss_serve.api import server
+    from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
+    from gptoss_serve.engine import async_engine
+    from gptoss_serve.model.synthetic import is_random_checkpoint
+
+    folder = tmp_path / "rnd"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "gptoss_serve_random.json").write_text("{}")
+    assert is_random_checkpoint(folder) and not is_random_checkpoint(tmp_path)
+
+    class Stop(Exception):
+        pass
+
+    def no_engine(*_a, **_k):
+        raise Stop
+
+    opts = server.ServeOptions(str(folder), None, "auto", "cpu", ServerConfig(), CacheConfig(),
+                               SchedulerConfig(), Path(tmp_path / "tiny"))
+    monkeypatch.setattr(async_engine.AsyncEngine, "from_config", no_engine)
+    with caplog.at_level(logging.WARNING), pytest.raises(Stop):
+        server.run_server(opts)
+    assert any("RANDOM" in r.getMessage() for r in caplog.records)

@@ -116,6 +116,22 @@ def test_shard_listed_in_index_but_absent(bad):
         load_model(bad, device="cpu")
 
 
+@pytest.mark.parametrize("where", ["../outside.safetensors", "/etc/outside.safetensors",
+                                   "sub/../../outside.safetensors", "link.safetensors"])
+def test_index_names_outside_the_folder_are_refused(bad, where):
+    """issue 14.8: a weight_map entry is never followed out of the checkpoint folder."""
+    outside = bad.parent / "outside.safetensors"
+    outside.write_bytes((bad / SHARD1).read_bytes())
+    if where == "link.safetensors":
+        (bad / where).symlink_to(outside)
+    index = bad / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = {k: (where if v == SHARD1 else v) for k, v in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="points outside the checkpoint folder"):
+        load_model(bad, device="cpu")
+
+
 def test_unknown_architecture(bad):
     cfg = json.loads((bad / "config.json").read_text())
     cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])

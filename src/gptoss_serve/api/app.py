@@ -1,36 +1,42 @@
 """create_app(engine, config, tokenizer) -> FastAPI: routes, auth, error mapping, health, metrics.
 
-Owns the HTTP surface: which path goes to which handler, the bearer-key check on /v1 routes, and
-the rule that every failure leaves as an OpenAI-shaped error (400 for bad input, never a 422; 500
-only for our own bugs). Knows nothing of torch or the engine's insides; handlers live in
-chat.py, completions.py and responses.py (whose service, store and tools close with the app).
+Owns the HTTP surface: which path goes to which handler, the guard every request passes
+(`api/guard.py`: the bearer key on every route but /health, the body-size limit), and the rule
+that every failure leaves as an OpenAI-shaped error (400 for bad input, never a 422; 405 with
+`Allow`; 499 quietly for a client that left mid-body; 500 only for our own bugs). Knows nothing
+of torch or the engine's insides; handlers live in chat.py, completions.py and responses.py (whose
+service, store and tools close with the app).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from gptoss_serve.api.chat import create_chat_completion, render_messages
 from gptoss_serve.api.completions import create_completion
-from gptoss_serve.api.context import ApiContext, check_token_ids
+from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
+from gptoss_serve.api.guard import Guard, error_response, open_paths
 from gptoss_serve.api.metrics import ServerMetrics
+from gptoss_serve.api.openapi import install, request_body
 from gptoss_serve.api.responses import closing, responses_router, responses_service
 from gptoss_serve.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
     parse_body,
     validation_to_error,
 )
 from gptoss_serve.config import ServerConfig
-from gptoss_serve.errors import AuthenticationError, GptOssServeError
+from gptoss_serve.errors import EngineDeadError, GptOssServeError
 
 log = logging.getLogger("gptoss_serve.api")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -47,17 +53,16 @@ def create_app(engine: Any, config: ServerConfig, tokenizer: Any,
     app.state.ctx = ctx
     app.state.responses = responses
     _install_error_handlers(app)
-    app.include_router(_v1_router(ctx), dependencies=[Depends(_auth(config.api_key))])
-    app.include_router(responses_router(responses), dependencies=[Depends(_auth(config.api_key))])
+    app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes,
+                       public_paths=open_paths(config.public_metrics))
+    app.include_router(_v1_router(ctx))
+    app.include_router(responses_router(responses))
     app.include_router(_plain_router(ctx))
+    install(app)
     return app
 
 
 # ---- errors ----------------------------------------------------------------------------------
-def error_response(exc: GptOssServeError) -> JSONResponse:
-    return JSONResponse(exc.to_openai(), status_code=exc.status)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     async def ours(_: Request, exc: GptOssServeError) -> JSONResponse:
         return error_response(exc)
@@ -69,7 +74,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = "not_found" if exc.status_code == 404 else None
         err = GptOssServeError(str(exc.detail), code=code)
         err.status, err.error_type = exc.status_code, "invalid_request_error"
-        return error_response(err)
+        response = error_response(err)
+        response.headers.update(exc.headers or {})  # `Allow` of a 405
+        return response
+
+    async def left(_: Request, exc: ClientDisconnect) -> Response:
+        log.debug("client left before its request body arrived")
+        return Response(status_code=499)
 
     async def bug(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
@@ -78,32 +89,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GptOssServeError, ours)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http)
+    app.add_exception_handler(ClientDisconnect, left)
     app.add_exception_handler(Exception, bug)
-
-
-def _auth(api_key: str | None):
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
-            raise AuthenticationError(
-                "Incorrect or missing API key: send `Authorization: Bearer <key>`."
-            )
-
-    return check
 
 
 # ---- /v1 routes ------------------------------------------------------------------------------
 def _v1_router(ctx: ApiContext) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
-    @r.post("/chat/completions")
+    @r.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat(request: Request) -> Response:
         return await create_chat_completion(ctx, request)
 
-    @r.post("/completions")
+    @r.post("/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await create_completion(ctx, request)
 
@@ -139,34 +137,24 @@ _STARTED = int(time.time())
 def _plain_router(ctx: ApiContext) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/tokenize")
+    @r.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
     async def tokenize(request: Request) -> dict[str, Any]:
-        req = parse_body(TokenizeRequest, await request.body())
+        req = await off_loop(parse_body, TokenizeRequest, await request.body())
         ctx.check_model(req.model)
-        if req.messages is not None:
-            tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
-            ids = render_messages(ctx, req.messages, req.reasoning_effort, tools).token_ids
-        else:
-            ids = ctx.tokenizer.encode(req.prompt or "")
-        strs = [ctx.tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
-        return {
-            "count": len(ids),
-            "max_model_len": ctx.engine.max_model_len,
-            "tokens": list(ids),
-            "token_strs": strs,
-        }
+        return await off_loop(_tokenize, ctx, req)
 
-    @r.post("/detokenize")
+    @r.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
     async def detokenize(request: Request) -> dict[str, Any]:
-        req = parse_body(DetokenizeRequest, await request.body())
+        req = await off_loop(parse_body, DetokenizeRequest, await request.body())
         ctx.check_model(req.model)
         check_token_ids(req.tokens, ctx.tokenizer.vocab_size, "tokens")
-        return {"prompt": ctx.tokenizer.decode(req.tokens)}
+        return {"prompt": await off_loop(ctx.tokenizer.decode, req.tokens)}
 
     @r.get("/health")
     async def health() -> Response:
         if ctx.engine.is_dead:
-            return JSONResponse({"status": "engine dead"}, status_code=503)
+            headers = {"Retry-After": str(EngineDeadError.retry_after)}
+            return JSONResponse({"status": "engine dead"}, status_code=503, headers=headers)
         return JSONResponse({"status": "ok"})
 
     @r.get("/metrics")
@@ -174,3 +162,19 @@ def _plain_router(ctx: ApiContext) -> APIRouter:
         return Response(ctx.metrics.render(), media_type=PROMETHEUS_TYPE)
 
     return r
+
+
+def _tokenize(ctx: ApiContext, req: TokenizeRequest) -> dict[str, Any]:
+    if req.messages is not None:
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+        ids = render_messages(ctx, req.messages, req.reasoning_effort, tools).token_ids
+    else:
+        ids = ctx.tokenizer.encode(req.prompt or "")
+    strs = [ctx.tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
+    return {
+        "count": len(ids),
+        "max_model_len": ctx.engine.max_model_len,
+        "tokens": list(ids),
+        "token_strs": strs,
+    }
+

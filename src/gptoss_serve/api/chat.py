@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from gptoss_serve.api.chat_tools import builtin_types, create_chat_with_tools
 from gptoss_serve.api.choice import ChoiceState
-from gptoss_serve.api.context import ApiContext, new_id, sampling_params
+from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -70,7 +70,7 @@ def render_messages(
 
 
 async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
-    req = parse_body(ChatCompletionRequest, await request.body())
+    req = await off_loop(parse_body, ChatCompletionRequest, await request.body())
     if builtin_types(req):  # extension: the server runs python / browser (api/chat_tools.py)
         service = request.app.state.responses
         return await create_chat_with_tools(ctx, request, req, service.tools,
@@ -78,10 +78,12 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     ctx.check_model(req.model)
     check_supported(req)
     tools = offered_tools(req)
-    prompt = render_messages(ctx, req.messages, req.reasoning_effort, tools)
+    prompt = await off_loop(render_messages, ctx, req.messages, req.reasoning_effort, tools)
     n_prompt = len(prompt.token_ids)
+    cap_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     max_tokens = ctx.max_tokens_for(
-        n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens
+        n_prompt, req.requested_max_tokens(), ctx.config.default_max_tokens,
+        requested_param=cap_param,
     )
     params = sampling_params(
         req,
@@ -90,7 +92,6 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
         logprobs=req.engine_logprobs(),
         vocab_size=ctx.tokenizer.vocab_size,
     )
-    ctx.check_capacity()
     engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
     run = ChatRun(ctx, req, engine_req, declared_function_names(tools))
     return await respond(request, prime(ctx.generate(engine_req)), run, req.stream)

@@ -14,8 +14,11 @@ from typing import Any, Protocol
 from gptoss_serve.api.stop_strings import StopStringMatcher
 from gptoss_serve.engine.request import StepOutput, TokenLogprob
 from gptoss_serve.harmony.openai_map import ChatDelta, ChatMapper, ToolCallDelta
+from gptoss_serve.harmony.tokenizer import CALL, CHANNEL, END, ENDOFTEXT, MESSAGE, RETURN, START
 
 CONTENT, REASONING, TOOL = "content", "reasoning", "tool"
+# control tokens after which text tokens not yet shown were header words, never text
+_HEADER_ENDS = frozenset({MESSAGE, START, CHANNEL, END, RETURN, CALL, ENDOFTEXT})
 
 
 class TokenText(Protocol):
@@ -51,7 +54,7 @@ class ChoiceState:
         self._stops = StopStringMatcher(stops)
         self._alias = reasoning_alias
         self._want_logprobs = want_logprobs
-        self._last_kind: str | None = None
+        self._unplaced: list[TokenLogprob | None] = []  # text tokens whose text is not out yet
         self.content = ""
         self.reasoning = ""
         self.tool_calls: dict[int, dict[str, Any]] = {}
@@ -85,7 +88,9 @@ class ChoiceState:
     def finish(self, engine_reason: str | None) -> list[dict[str, Any]]:
         """The sequence ended: surface what the parser still holds, release held-back text and
         fix the finish reason."""
-        deltas = [d for piece in self._mapper.flush() for d in self._apply(piece)]
+        pieces = self._mapper.flush()
+        self._place(pieces)
+        deltas = [d for piece in pieces for d in self._apply(piece)]
         if self.done:  # a stop string in the flushed tail
             return _merge(deltas)
         tail = self._stops.flush()
@@ -113,18 +118,31 @@ class ChoiceState:
 
     # ---- internals ---------------------------------------------------------------------------
     def _count(self, token_id: int, pieces: list[ChatDelta], lp: TokenLogprob | None) -> None:
-        """Attribute a token to reasoning or content (for usage and logprobs)."""
+        """Attribute tokens to reasoning or content (usage, logprobs) when their text comes out:
+        a token held back (header words that turn out to be text, half a character, a possible
+        special-token name) gets the kind of the text it becomes, so every content token has
+        its logprob; header words are dropped at the control token that ends the header."""
+        special = self._tok.is_special(token_id)
+        if not special:
+            self._unplaced.append(lp)
+        if not self._place(pieces) and special and token_id in _HEADER_ENDS:
+            self._unplaced = []
+
+    def _place(self, pieces: list[ChatDelta]) -> bool:
+        """Give the tokens not yet placed the kind of the first text in `pieces` (if any)."""
         kinds = [k for p in pieces for k in _kinds(p)]
-        if self._tok.is_special(token_id):
-            kind = None
-        else:  # a token inside a multi-byte character inherits the running kind
-            kind = kinds[-1] if kinds else self._last_kind
-        self._last_kind = kind
-        self.reasoning_tokens += kind == REASONING
-        if kind == CONTENT and lp is not None and self._want_logprobs:
-            entry = logprob_entry(self._tok, lp)
-            self.logprobs.append(entry)
-            self._pending_logprobs.append(entry)
+        if not kinds:
+            return False
+        placed, self._unplaced = self._unplaced, []
+        if kinds[0] == REASONING:
+            self.reasoning_tokens += len(placed)
+        if kinds[0] == CONTENT and self._want_logprobs:
+            for lp in placed:
+                if lp is not None:
+                    entry = logprob_entry(self._tok, lp)
+                    self.logprobs.append(entry)
+                    self._pending_logprobs.append(entry)
+        return True
 
     def _apply(self, piece: ChatDelta) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

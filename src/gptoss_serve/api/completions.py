@@ -15,7 +15,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gptoss_serve.api.context import ApiContext, check_token_ids, new_id, sampling_params
+from gptoss_serve.api.context import (
+    ApiContext,
+    check_token_ids,
+    new_id,
+    off_loop,
+    sampling_params,
+)
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
 from gptoss_serve.api.stop_strings import StopStringMatcher
 from gptoss_serve.api.streaming import merge, prime, respond
@@ -102,20 +108,20 @@ class TextChoice:
 
 
 async def create_completion(ctx: ApiContext, request: Request) -> Response:
-    req = parse_body(CompletionRequest, await request.body())
+    req = await off_loop(parse_body, CompletionRequest, await request.body())
     ctx.check_model(req.model)
     check_supported(req)
-    prompts = prompt_ids(req, ctx.tokenizer)
+    prompts = await off_loop(prompt_ids, req, ctx.tokenizer)
     stop_ids = tuple(ctx.engine.model_config.eos_token_ids)
     engine_reqs = []
-    for ids in prompts:
-        max_tokens = ctx.max_tokens_for(len(ids), req.max_tokens, req.max_tokens)
+    sent = req.max_tokens if "max_tokens" in req.model_fields_set else None
+    for ids in prompts:  # like chat's, the default (16) is lowered to what fits
+        max_tokens = ctx.max_tokens_for(len(ids), sent, req.max_tokens, prompt_param="prompt")
         params = sampling_params(
             req, max_tokens=max_tokens, stop_token_ids=stop_ids, logprobs=req.logprobs,
             vocab_size=ctx.tokenizer.vocab_size,
         )
         engine_reqs.append(EngineRequest(new_id("cmpl"), tuple(ids), params))
-    ctx.check_capacity()
     run = CompletionRun(ctx, req, engine_reqs)
     return await respond(request, _start_all(ctx, engine_reqs), run, req.stream)
 

@@ -8,10 +8,11 @@ response shapes or HTTP routing; sees the engine only through `generate`, `abort
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gptoss_serve.api.metrics import ServerMetrics
 from gptoss_serve.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -25,6 +26,14 @@ from gptoss_serve.errors import (
     OverloadedError,
 )
 from gptoss_serve.harmony.render import resolve_date
+
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread: parsing a big body or tokenizing a long prompt must not
+    stall the event loop (every other request, /health included, waits on it)."""
+    return await asyncio.to_thread(fn, *args)
 
 
 class Engine(Protocol):
@@ -56,6 +65,8 @@ class ApiContext:
             )
 
     def check_capacity(self) -> None:
+        """429 when --max-queue requests are admitted and not yet running. `generate` calls it
+        with no await before the engine registers the request, so a burst cannot slip past."""
         waiting = self.engine.stats().num_waiting_requests
         if waiting >= self.config.max_queue:
             raise OverloadedError(
@@ -63,9 +74,13 @@ class ApiContext:
                 f"{self.config.max_queue}); retry later."
             )
 
-    def max_tokens_for(self, prompt_len: int, requested: int | None, default: int) -> int:
+    def max_tokens_for(self, prompt_len: int, requested: int | None, default: int, *,
+                       requested_param: str = "max_tokens",
+                       prompt_param: str = "messages") -> int:
         """The generation cap: the request's own (checked against the context) or the default
-        trimmed to the room left. Never truncates the prompt: too long is a 400 with the numbers.
+        trimmed to the room left. Never truncates the prompt: too long is a 400 with the numbers,
+        naming the field the client sent (`requested_param`) or, when the prompt alone does not
+        fit or no cap was sent, the prompt (`prompt_param`).
         """
         limit = self.engine.max_model_len
         want = requested if requested is not None else default
@@ -73,20 +88,25 @@ class ApiContext:
             return want
         if requested is None and prompt_len < limit:
             return limit - prompt_len
-        raise ContextLengthError(
-            f"This model's maximum context length is {limit} tokens; the prompt has "
-            f"{prompt_len} tokens and max_tokens is {want} ({prompt_len + want} in total).",
-            prompt_tokens=prompt_len,
-            limit=limit,
-            param="max_tokens" if requested is not None else "messages",
-        )
+        if requested is None or prompt_len >= limit:
+            message = (f"This model's maximum context length is {limit} tokens; the prompt has "
+                       f"{prompt_len} tokens, which leaves no room for a generated token.")
+            param = prompt_param
+        else:
+            message = (f"This model's maximum context length is {limit} tokens; the prompt has "
+                       f"{prompt_len} tokens and {requested_param} is {want} "
+                       f"({prompt_len + want} in total).")
+            param = requested_param
+        raise ContextLengthError(message, prompt_tokens=prompt_len, limit=limit, param=param)
 
     def current_date(self) -> str | None:
         return resolve_date(self.config.current_date)
 
     # ---- generation --------------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
-        """engine.generate with metrics; the engine request is aborted if iteration stops early."""
+        """engine.generate with metrics and the queue limit; the engine request is aborted if
+        iteration stops early."""
+        self.check_capacity()
         timer = self.metrics.timer(len(request.prompt_token_ids))
         remaining = set(range(request.sampling_params.n))
         reason = "abort"

@@ -21,7 +21,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gptoss_serve.api.context import ApiContext
+from gptoss_serve.api.context import ApiContext, off_loop
+from gptoss_serve.api.openapi import request_body
 from gptoss_serve.api.response_constraint import run_constraint
 from gptoss_serve.api.response_input import turn_input
 from gptoss_serve.api.response_output import item_id
@@ -60,7 +61,7 @@ class ResponsesService:
 
     # ---- create --------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
-        req = parse_body(ResponsesRequest, await request.body())
+        req = await off_loop(parse_body, ResponsesRequest, await request.body())
         self.ctx.check_model(req.model)
         constraint = run_constraint(req)
         if self.store is None:
@@ -309,30 +310,10 @@ def event_stream(events: AsyncIterator[dict[str, Any]], on_close: Any) -> Stream
 
 
 # ---- routes ----------------------------------------------------------------------------------
-def _request_body(model: type[ResponsesRequest]) -> dict[str, Any]:
-    """The request model's JSON schema for /openapi.json (the body is parsed by parse_body, so
-    FastAPI cannot see it), with its `$defs` written inline."""
-    schema = model.model_json_schema(by_alias=True)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    content = {"application/json": {"schema": inline(schema)}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
 def responses_router(service: ResponsesService) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
-    @r.post("/responses", openapi_extra=_request_body(ResponsesRequest))
+    @r.post("/responses", openapi_extra=request_body(ResponsesRequest))
     async def create(request: Request) -> Response:
         return await service.create(request)
 

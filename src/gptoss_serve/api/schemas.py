@@ -7,6 +7,7 @@ parameter (never a 422 or a 500). Knows nothing of harmony, the engine or HTTP f
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,9 +18,13 @@ MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
 INT64 = 2**63
+MAX_COUNT = 2**31 - 1  # the bound of every token count the API accepts (top_k, max_tokens, ...)
+MAX_TOKEN_ID_DIGITS = 10  # a logit_bias key longer than this is no token id
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+_TOKEN_ID_KEY = re.compile(f"[0-9]{{1,{MAX_TOKEN_ID_DIGITS}}}")
 
 
 class _Strict(BaseModel):
@@ -115,10 +120,10 @@ class _SamplingFields(_Strict):
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     seed: Seed | None = None
     user: str | None = None
-    top_k: int = Field(default=0, ge=-1)
+    top_k: int = Field(default=0, ge=-1, le=MAX_COUNT)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_COUNT)
 
     @field_validator("stop")
     @classmethod
@@ -131,7 +136,7 @@ class _SamplingFields(_Strict):
     @classmethod
     def _bias_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key in v or {}:
-            if not key.strip().isdigit():
+            if not _TOKEN_ID_KEY.fullmatch(key.strip()):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
         return v
 
@@ -158,8 +163,8 @@ class _SamplingFields(_Strict):
 # ---- chat completions ------------------------------------------------------------------------
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -186,17 +191,17 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 # ---- completions -----------------------------------------------------------------------------
-TokenIds = list[Annotated[int, Field(ge=0)]]
+TokenIds = list[Annotated[int, Field(ge=0, le=MAX_COUNT)]]
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | TokenIds | list[TokenIds]
-    max_tokens: int = Field(default=16, ge=1)
+    max_tokens: Count = 16
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N)
 
     @field_validator("prompt")
     @classmethod

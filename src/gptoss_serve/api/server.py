@@ -50,21 +50,23 @@ def served_name(model: str, explicit: str | None) -> str:
 def describe(engine: Any, model: str, random_weights: bool) -> list[str]:
     """Start-up lines: what was loaded, where, which kernels, and the KV budget."""
     runner = getattr(engine.engine, "runner", None)
-    lines = [f"model: {model}" + ("  (RANDOM weights: a tiny test model, output is noise)"
+    lines = [f"model: {model}" + ("  (RANDOM weights: output is noise)"
                                   if random_weights else "")]
     if runner is None:  # a test double of the engine
         return lines
     from gptoss_serve.engine.model_runner import sequences_fitting
 
     plan, block = runner.plan, runner.block_size
-    fit = sequences_fitting(plan, engine.max_model_len, block)
+    max_len, max_seqs = engine.max_model_len, engine.engine.scheduler.config.max_num_seqs
+    fit = sequences_fitting(plan, max_len, block)
+    short = f", {sequences_fitting(plan, 8192, block)} of 8192 tokens" if max_len > 8192 else ""
     return lines + [
-        f"dtype: {runner.model.dtype}, device: {runner.device}",
-        f"kernels: {runner.model.kernels.description}",
+        f"dtype: {runner.model.dtype}, device: {runner.device}",  # the loader logs the kernels
         f"KV cache: {plan.num_full_blocks} full-attention blocks, {plan.num_sliding_blocks} "
-        f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB); "
-        f"context {engine.max_model_len} tokens: {fit} sequence(s) of full context fit",
-        runner.capacity_description, runner.decode_description]
+        f"sliding-window blocks of {block} tokens ({plan.total_bytes / 2**30:.2f} GiB)",
+        f"KV capacity: {fit} sequence(s) of the full context ({max_len} tokens){short}; "
+        f"at most {max_seqs} (--max-num-seqs) run at once",
+        runner.decode_description]
 
 
 class _Server(uvicorn.Server):
@@ -97,12 +99,14 @@ def run_server(opts: ServeOptions) -> int:
     from gptoss_serve.api.app import create_app
     from gptoss_serve.engine.async_engine import AsyncEngine
     from gptoss_serve.harmony.tokenizer import get_tokenizer
-    from gptoss_serve.model.synthetic import tiny_checkpoint
+    from gptoss_serve.model.synthetic import is_random_checkpoint, tiny_checkpoint
 
-    random_weights = opts.model is None
-    model = str(tiny_checkpoint(opts.tiny_dir)) if random_weights else str(opts.model)
-    if random_weights:
+    model = str(tiny_checkpoint(opts.tiny_dir)) if opts.model is None else str(opts.model)
+    random_weights = opts.model is None or is_random_checkpoint(model)
+    if opts.model is None:
         log.warning("no --model given: serving a tiny RANDOM checkpoint from %s", model)
+    elif random_weights:
+        log.warning("%s is a RANDOM checkpoint (make-checkpoint): its output is noise", model)
     name = served_name(model, opts.served_model_name)
     import torch
 
@@ -125,6 +129,9 @@ def run_server(opts: ServeOptions) -> int:
     log.info("responses store: %s", where)
     app = create_app(engine, config, get_tokenizer(), tools=tools)
     log.info("serving %r on http://%s:%d/v1", name, config.host, config.port)
+    if config.api_key is not None:
+        open_to_all = " and /metrics" if config.public_metrics else ""
+        log.info("an API key is required on every route except /health%s", open_to_all)
     uv = uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info",
         timeout_graceful_shutdown=GRACE_SECONDS,

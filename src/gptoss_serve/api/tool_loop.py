@@ -23,13 +23,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gptoss_serve.api.context import ApiContext, new_id
+from gptoss_serve.api.context import ApiContext, new_id, off_loop
 from gptoss_serve.api.response_input import render_conversation, tool_reply
 from gptoss_serve.api.response_output import OutputMapper, PendingCall
 from gptoss_serve.api.response_run import DEFAULT_TEMPERATURE, ResponseRun
 from gptoss_serve.api.streaming import prime
 from gptoss_serve.engine.request import EngineRequest, SamplingParams, StepOutput
-from gptoss_serve.errors import ContextLengthError, GptOssServeError
+from gptoss_serve.errors import GptOssServeError
 from gptoss_serve.harmony.render import RenderOptions, declared_function_names
 from gptoss_serve.tools.base import BuiltinTool
 
@@ -70,12 +70,9 @@ class ToolLoop:
         if budget is not None:
             budget = max(1, budget - run.usage.output_tokens)
         n = len(prompt.token_ids)
-        try:
-            max_tokens = ctx.max_tokens_for(n, budget, ctx.config.default_max_tokens)
-        except ContextLengthError as exc:  # name this API's fields
-            exc.param = "max_output_tokens" if exc.param == "max_tokens" else "input"
-            exc.message = exc.message.replace("max_tokens", "max_output_tokens")
-            raise
+        max_tokens = ctx.max_tokens_for(n, budget, ctx.config.default_max_tokens,
+                                        requested_param="max_output_tokens",
+                                        prompt_param="input")
         req = run.req
         params = SamplingParams(
             temperature=req.temperature if req.temperature is not None else DEFAULT_TEMPERATURE,
@@ -88,7 +85,7 @@ class ToolLoop:
     async def start_call(self) -> Any:
         """Admit the next model call; errors raise here, before anything streams."""
         self.ctx.check_capacity()
-        request = self.engine_request()
+        request = await off_loop(self.engine_request)  # rendering a long chain takes a while
         self.run.usage.input_tokens += len(request.prompt_token_ids)
         outputs = await prime(self.ctx.generate(request))
         if self.run.status != "in_progress":  # the first call: the run begins

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,6 +74,7 @@ class AsyncEngine:
         self._stopping = False
         self._dead: BaseException | None = None
         self._stats = engine.stats()
+        self._unstepped = 0  # requests registered since the snapshot in _stats was taken
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 
@@ -98,8 +99,11 @@ class AsyncEngine:
         return self._dead is not None
 
     def stats(self) -> EngineStats:
-        """Snapshot taken by the loop thread after its last step."""
-        return self._stats
+        """The snapshot the loop thread took after its last step, with the requests registered
+        since then (not yet stepped) counted as waiting: a burst is counted at once."""
+        with self._cv:
+            waiting = self._stats.num_waiting_requests + self._unstepped
+            return replace(self._stats, num_waiting_requests=waiting)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
         """Yield the StepOutputs of all n sequences until each has finished."""
@@ -129,6 +133,7 @@ class AsyncEngine:
             stream = _Stream(asyncio.get_running_loop())
             self._streams[request.request_id] = stream
             self._inbox.append(request)
+            self._unstepped += 1
             self._cv.notify()
         return stream
 
@@ -148,9 +153,11 @@ class AsyncEngine:
     def _run(self) -> None:
         try:
             while self._wait_for_work():
-                self._take_inbox()
+                taken = self._take_inbox()
                 outputs = self.engine.step() if self.engine.has_unfinished() else []
-                self._stats = self.engine.stats()
+                with self._cv:
+                    self._stats = self.engine.stats()
+                    self._unstepped -= taken
                 self._dispatch(outputs)
         except BaseException as exc:  # the loop must never die silently: fail every request
             log.exception("engine loop died")
@@ -165,7 +172,8 @@ class AsyncEngine:
                 self._cv.wait()
             return not self._stopping
 
-    def _take_inbox(self) -> None:
+    def _take_inbox(self) -> int:
+        """Hand the inbox and the aborts to the engine; returns how many requests it took."""
         with self._cv:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, set()
@@ -174,8 +182,12 @@ class AsyncEngine:
                 self.engine.add_request(request)
             except GptOssServeError as exc:
                 self._send(request.request_id, exc)
+            except Exception as exc:  # a request that cannot be admitted fails alone
+                log.warning("request %s refused at admission: %r", request.request_id, exc)
+                self._send(request.request_id, InvalidRequestError(f"request refused: {exc}"))
         for request_id in aborts:
             self.engine.abort(request_id)
+        return len(inbox)
 
     def _dispatch(self, outputs: list[StepOutput]) -> None:
         for out in outputs:

@@ -13,6 +13,7 @@ from typing import Protocol
 from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
 from gptoss_serve.engine.block_manager import BlockManager
 from gptoss_serve.engine.request import EngineRequest, StepOutput
+from gptoss_serve.engine.sampler import check_params
 from gptoss_serve.engine.scheduler import Scheduler, SchedulerOutput
 from gptoss_serve.engine.sequence import SampledToken
 from gptoss_serve.engine.stats import EngineStats
@@ -70,6 +71,10 @@ class LLMEngine:
         if any(not 0 <= t < vocab for t in request.prompt_token_ids):
             raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
         self.scheduler.validate(request)
+        try:
+            check_params(request.sampling_params)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
 
     def add_request(self, request: EngineRequest) -> None:
         self.validate(request)

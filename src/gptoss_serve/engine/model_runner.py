@@ -144,17 +144,17 @@ class ModelRunner:
             [config.is_sliding(i) for i in range(config.num_hidden_layers)],
             plan.num_full_blocks, plan.num_sliding_blocks, block_size,
             config.num_key_value_heads, config.head_dim, dtype, device)
-        log.info("KV cache: %d full blocks, %d sliding blocks of %d tokens, %.3f GiB",
-                 plan.num_full_blocks, plan.num_sliding_blocks, block_size,
-                 plan.total_bytes / GIB)
+        log.debug("KV cache: %d full blocks, %d sliding blocks of %d tokens, %.3f GiB",
+                  plan.num_full_blocks, plan.num_sliding_blocks, block_size,
+                  plan.total_bytes / GIB)  # the server's start-up summary says it once
         self.capacity_description = "KV capacity: " + ", ".join(
             f"{sequences_fitting(plan, n, block_size)} sequence(s) of {n} tokens"
             for n in CAPACITY_LENGTHS)
-        log.info(self.capacity_description)
+        log.debug(self.capacity_description)
         decode, how = self._decode_path(max_num_seqs, max_model_len, cuda_graphs, static_decode)
         self.decode: PaddedDecode | None = decode
         self.decode_description = f"decode step: {how}"
-        log.info(self.decode_description)
+        log.debug(self.decode_description)
 
     def _decode_path(self, max_num_seqs: int, max_model_len: int | None, cuda_graphs: bool,
                      static_decode: bool | None) -> tuple[PaddedDecode | None, str]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+MIN_TEMPERATURE = 1e-5  # below this a temperature is greedy (vLLM's epsilon); 5e-324 is 0 in fp32
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one request. Ranges are validated by the API layer; the engine trusts them."""
 
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 means greedy; so does anything below MIN_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: disabled
     min_p: float = 0.0
@@ -28,6 +30,10 @@ class SamplingParams:
     ignore_eos: bool = False  # ignore stop_token_ids (benchmarks)
     logprobs: int | None = None  # None: off; k >= 0: chosen token's logprob plus top-k (k <= 20)
     n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.temperature < MIN_TEMPERATURE:  # dividing by it would overflow float32
+            object.__setattr__(self, "temperature", 0.0)
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,25 @@ def _truncate_top(scaled: torch.Tensor, width: int, limits: tuple[torch.Tensor, 
     return out, closed, reach
 
 
+def check_params(params: SamplingParams) -> None:
+    """Raise ValueError when the sampler could not build its tensors for `params` (a number
+    float32 or int64 cannot hold, a non-finite value): called at admission, so that such a
+    request fails alone instead of failing the step of the whole batch."""
+    bias_ids = [t for t, _ in params.logit_bias]
+    floats = [params.temperature, params.top_p, params.top_k, params.min_p,
+              params.frequency_penalty, params.presence_penalty,
+              *(b for _, b in params.logit_bias)]
+    try:
+        values = torch.tensor(floats, dtype=torch.float64)
+        torch.tensor(bias_ids, dtype=torch.int64)
+        torch.tensor([params.max_tokens, params.min_tokens, params.logprobs or 0, params.n],
+                     dtype=torch.int64)
+    except (OverflowError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"a sampling parameter is out of range: {exc}") from None
+    if not bool(values.abs().le(torch.finfo(torch.float32).max).all()):
+        raise ValueError("a sampling parameter is not a finite float32 number")
+
+
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """Index of each row's largest value, the first on ties (NaN counts as largest): what
     `argmax` returns; on CPU through the C `row_argmax` (one thread, two passes at memory

@@ -7,8 +7,10 @@ with `tool_calls`, its content as a `commentary` preamble and one `commentary` m
 `functions.NAME` (content type `<|constrain|>json`) per call, else its content as `final`;
 `tool` -> a message authored by `functions.NAME` (NAME looked up from `tool_call_id`, else the
 message's `name`) to `assistant` on `commentary`. Content is a string or a list of text parts
-(joined with "\\n"). `name` on user/assistant messages is ignored. Bad input raises
-HarmonyRenderError (a 400 naming the field). Must not know: tokens, HTTP, the engine.
+(several parts render back to back, each tokenized on its own, as openai-harmony renders several
+text contents of one message; instructions join them back to back too). `name` on user/assistant
+messages is ignored. Bad input raises HarmonyRenderError (a 400 naming the field). Must not know:
+tokens, HTTP, the engine.
 
 Follows vLLM's `harmony_utils.py` (OpenAI chat messages to harmony messages).
 """
@@ -28,7 +30,7 @@ class HarmonyRenderError(InvalidRequestError):
 @dataclass(frozen=True)
 class HarmonyMessage:
     role: str  # "user" | "assistant" | "tool" (system/developer are built by the renderer)
-    content: str
+    content: str | tuple[str, ...]  # a tuple: several text parts, encoded one by one
     channel: str | None = None
     recipient: str | None = None
     content_type: str | None = None  # "<|constrain|>json" renders the constrain token
@@ -41,8 +43,17 @@ class Conversation:
     instructions: str | None = None  # text of the OpenAI system/developer messages
 
 
-def _text(content: Any, param: str) -> str | None:
-    """A message's content as text: a string, a list of text parts, or None."""
+Text = str | tuple[str, ...]
+
+
+def joined(text: Text | None) -> str | None:
+    """The text of a content (parts back to back)."""
+    return text if text is None or isinstance(text, str) else "".join(text)
+
+
+def _text(content: Any, param: str) -> Text | None:
+    """A message's content: a string, the texts of several parts (a tuple; one part is a
+    string), or None."""
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -54,7 +65,7 @@ def _text(content: Any, param: str) -> str | None:
             raise HarmonyRenderError("only text content parts are supported",
                                      param=f"{param}[{i}]")
         texts.append(part["text"])
-    return "\n".join(texts)
+    return texts[0] if len(texts) == 1 else tuple(texts)
 
 
 def _string(value: Any, param: str, *, required: bool = False) -> str | None:
@@ -86,7 +97,7 @@ class _Builder:
         handler(msg, param)
 
     def _instructions(self, msg: dict, param: str) -> None:
-        text = _text(msg.get("content"), f"{param}.content")
+        text = joined(_text(msg.get("content"), f"{param}.content"))
         if text is not None:
             self.instructions.append(text)
 
@@ -112,7 +123,7 @@ class _Builder:
             if content is not None:
                 self.conv.messages.append(HarmonyMessage("assistant", content, channel="final"))
             return
-        if content:
+        if joined(content):
             self.conv.messages.append(HarmonyMessage("assistant", content, channel="commentary"))
         for j, call in enumerate(calls):
             self._call(call, f"{param}.tool_calls[{j}]")

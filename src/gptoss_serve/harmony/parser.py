@@ -8,6 +8,12 @@ special-token name spelled out with ordinary tokens, ever reaches a ContentDelta
 oddities are counted in `anomalies`. Must not know: OpenAI field names, declared tools, HTTP.
 
 The parser starts inside a header because the prompt ends with `<|start|>assistant`.
+
+Text where a header should be is content as soon as it cannot be a header: when it has no
+`<|channel|>`/`<|constrain|>` token and its text neither begins like one (`to=`, `functions.`, a
+role word) nor, after `BARE_HEADER_TOKENS` tokens, holds a `to=`. A header that looked like one
+but reaches no `<|message|>` within `MAX_HEADER_TOKENS` tokens is content too. So a model that
+writes no header (a random checkpoint, a base model) streams content from its first token.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from gptoss_serve.harmony.tokenizer import (
 
 STOPS = frozenset({END, RETURN, CALL, ENDOFTEXT})  # ids that close a message
 MAX_HEADER_TOKENS = 48  # a longer "header" is content whose <|message|> the model forgot
+BARE_HEADER_TOKENS = 8  # a header without a channel must show `to=` within this many tokens
 ROLE_WORDS = frozenset({"assistant", "user", "system", "developer"})
+HEADER_OPENERS = ("to=", "functions.", *sorted(ROLE_WORDS))  # how a channel-less header begins
 _FIXED_NAMES = ("start", "end", "message", "channel", "constrain", "return", "call",
                 "endoftext", "startoftext", "endofprompt")
 SPECIAL_NAME_RE = re.compile(r"<\|(?:" + "|".join(_FIXED_NAMES) + r"|reserved_\d+)\|>")
@@ -220,6 +228,9 @@ class StreamParser:
             if len(self._header) > MAX_HEADER_TOKENS:
                 self.anomalies["header_too_long"] += 1
                 self._salvage_header(None, events, keep_open=True)
+            elif not self._may_be_header():
+                self.anomalies["no_header"] += 1
+                self._salvage_header(None, events, keep_open=True)
 
     def _on_content(self, token_id: int, events: list[ParserEvent]) -> None:
         if token_id in STOPS:
@@ -235,6 +246,17 @@ class StreamParser:
             self._emit(self._scrubber.feed(self._decoder.feed(token_id)), events)
 
     # --- helpers --------------------------------------------------------------------------
+    def _may_be_header(self) -> bool:
+        """Whether the header tokens so far can still be a header (see the module docstring)."""
+        if CHANNEL in self._header or CONSTRAIN in self._header:
+            return True
+        text = self._tok.decode(self._header).lstrip()
+        if text.endswith("\ufffd"):  # half a character: wait for the rest
+            return len(self._header) <= BARE_HEADER_TOKENS
+        if len(self._header) > BARE_HEADER_TOKENS and "to=" not in text:
+            return False
+        return any(text.startswith(w) or w.startswith(text) for w in HEADER_OPENERS)
+
     def _open_message(self, events: list[ParserEvent]) -> None:
         header = parse_header(self._tok.decode(self._header))
         if header.extra:

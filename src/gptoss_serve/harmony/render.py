@@ -183,7 +183,8 @@ def render_message(tok: HarmonyTokenizer, msg: HarmonyMessage, out: list[int]) -
         else:
             out += tok.encode(f" {msg.content_type}")
     out.append(MESSAGE)
-    out += tok.encode(msg.content)
+    for text in (msg.content,) if isinstance(msg.content, str) else msg.content:
+        out += tok.encode(text)
     out.append(CALL if msg.role == "assistant" and msg.recipient is not None else END)
 
 

@@ -29,6 +29,7 @@ from gptoss_serve.model.weights import HF_ARCHITECTURE, HF_INDEX, to_hf
 _REAL = dict(hidden_size=2880, intermediate_size=2880, head_dim=64, num_attention_heads=64,
              num_key_value_heads=8, num_experts_per_tok=4, sliding_window=128, vocab_size=201088)
 PRESETS: dict[str, dict[str, Any]] = {}  # filled below by _preset
+RANDOM_MARKER = "gptoss_serve_random.json"  # written beside the weights: {"preset", "seed"}
 _ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32",
               torch.uint8: "U8"}
 _FP4_RMS = math.sqrt(sum(v * v for v in FP4_VALUES) / len(FP4_VALUES))
@@ -211,7 +212,13 @@ def write_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, l
         _write_original(out / "original", hf_cfg, config, seed)
     else:
         _write_hf(out, hf_cfg, config, seed)
+    (out / RANDOM_MARKER).write_text(json.dumps({"preset": preset, "seed": seed}) + "\n")
     return out
+
+
+def is_random_checkpoint(folder: str | Path) -> bool:
+    """Whether `folder` was written by write_checkpoint (random weights: output is noise)."""
+    return (Path(folder).expanduser() / RANDOM_MARKER).is_file()
 
 
 def _units(metas: dict[str, torch.Tensor]) -> list[list[str]]:

@@ -150,9 +150,19 @@ def _hf_files(folder: Path) -> tuple[Path, ...]:
         return _safetensors_in(folder)
     names = sorted(set(_read_json(index).get("weight_map", {}).values()))
     for name in names:
+        _check_inside(folder, name, index)
         if not (folder / name).exists():
             raise CheckpointError(f"{folder / name}: listed in {HF_INDEX} but missing")
     return tuple(folder / n for n in names)
+
+
+def _check_inside(folder: Path, name: object, index: Path) -> None:
+    """A shard named by the index must be a plain file name of this folder: `../x`, absolute
+    paths and links out of the folder are refused, not followed."""
+    bad = not isinstance(name, str) or not name or Path(name).is_absolute() \
+        or ".." in Path(name).parts
+    if bad or not (folder / str(name)).resolve().is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{index}: shard name {name!r} points outside the checkpoint folder")
 
 
 def read_config(ckpt: CheckpointFiles) -> ModelConfig:
