@@ -476,14 +476,18 @@ def test_a_codex_style_request(serve, tok):
     assert "<|channel|>analysis<|message|><|end|>" not in prompt  # no empty reasoning
 
 
-def test_app_shutdown_closes_tools_and_store(tok, tmp_path):
+def test_app_lifespans_stop_runs_and_close_closes(tok, tmp_path):
     python = FakePython()
     engine = FakeEngine(fixed_script(script_ids(tok, REASON_AND_ANSWER)))
     config = ServerConfig(served_model_names=(MODEL,), responses_db=str(tmp_path / "r.db"))
     app = create_app(engine, config, tok, tools={"code_interpreter": python})
-    with TestClient(app) as http:  # runs the app's lifespan
-        assert http.post("/v1/responses", json={"model": MODEL, "input": "x"}).status_code == 200
-        assert not python.closed
+    for _ in range(2):  # an app may run several lifespans (test clients, fuzzers)
+        with TestClient(app) as http:
+            r = http.post("/v1/responses", json={"model": MODEL, "input": "x"})
+            assert r.status_code == 200
+            assert http.get(f"/v1/responses/{r.json()['id']}").status_code == 200
+    assert not python.closed
+    app.state.responses.close()  # the server's last step
     assert python.closed
     with pytest.raises(Exception, match="closed"):
         app.state.responses.store.get("anything")

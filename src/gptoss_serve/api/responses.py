@@ -239,9 +239,13 @@ class ResponsesService:
             self.live.pop(run.id, None)
         return run.snapshot()
 
-    async def close(self) -> None:
+    async def stop_runs(self) -> None:
+        """Stop every run in flight (each stores what it has); the service stays usable."""
         for run in list(self.live.values()):
             await _stopped(run)
+
+    def close(self) -> None:
+        """Close the tools and the store for good (the server's last step)."""
         for tool in self.tools.values():
             tool.close()
         if self.store is not None:
@@ -256,12 +260,14 @@ def responses_service(ctx: ApiContext, tools: dict[str, BuiltinTool]) -> Respons
 
 
 def closing(service: ResponsesService) -> Any:
-    """The app's lifespan: at shut-down background runs stop, the tools and the store close."""
+    """The app's lifespan: at shut-down the runs in flight stop and store what they have (the
+    app may start again: test clients run one lifespan per client; server.py closes the tools
+    and the store when it exits)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
-        await service.close()
+        await service.stop_runs()
 
     return lifespan
 

@@ -140,5 +140,6 @@ def run_server(opts: ServeOptions) -> int:
         _Server(uv, engine).run()
     finally:
         asyncio.run(engine.shutdown())
+        app.state.responses.close()  # the built-in tools (kernels) and the responses store
     log.info("stopped")
     return 0
