@@ -1,9 +1,12 @@
 """Host overhead of one engine step, with a model that costs nothing.
 
 Two stubs: `scheduler` (a runner that returns a chosen token per sampled row: schedule + update
-bookkeeping only) and `runner` (the real ModelRunner: ForwardBatch.build, a stub model returning
+bookkeeping only) and `runner` (the real ModelRunner: its batch inputs, a stub model returning
 constant logits over a small vocabulary, and the sampler). Every sequence is in decode with a
-context of --context tokens; reports milliseconds per step at each batch size.
+context of --context tokens; reports milliseconds per step at each batch size, as wall-clock
+time and as this process's CPU time (the host work itself: on a machine shared with other jobs
+the wall clock also counts the time the process waits for a core), each the median of --repeat
+runs.
 
     .venv/bin/python benchmarks/engine_overhead.py [--write]  # --write: add to docs/benchmarks.md
 """
@@ -14,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -57,7 +61,8 @@ def build(kind: str, batch: int, context: int) -> LLMEngine:
     return LLMEngine(runner, CONFIG, cache, sched, num_full_blocks=full, num_sliding_blocks=slide)
 
 
-def ms_per_step(kind: str, batch: int, context: int, steps: int) -> float:
+def ms_per_step(kind: str, batch: int, context: int, steps: int) -> tuple[float, float]:
+    """(wall-clock, CPU) milliseconds per decode step."""
     engine = build(kind, batch, context)
     params = SamplingParams(temperature=0.0, max_tokens=10**6, ignore_eos=True)
     for i in range(batch):
@@ -66,24 +71,31 @@ def ms_per_step(kind: str, batch: int, context: int, steps: int) -> float:
     while any(s.num_output_tokens == 0 for s in engine.scheduler.running) \
             or engine.scheduler.waiting:
         engine.step()  # prefill until every sequence decodes
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         engine.step()
-    return (time.perf_counter() - start) / steps * 1000
+    return ((time.perf_counter() - start) / steps * 1000,
+            (time.process_time() - cpu) / steps * 1000)
+
+
+def median_ms(kind: str, batch: int, context: int, steps: int, repeat: int) -> tuple[float, float]:
+    runs = [ms_per_step(kind, batch, context, steps) for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is kept)")
     ap.add_argument("--write", action="store_true", help="append the table to docs/benchmarks.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for batch in (1, 64, 256):
-        figures = [ms_per_step(kind, batch, args.context, args.steps)
-                   for kind in ("scheduler", "runner")]
-        rows.append(f"| {batch} | {figures[0]:.3f} | {figures[1]:.3f} |")
+        (sw, sc), (rw, rc) = [median_ms(kind, batch, args.context, args.steps, args.repeat)
+                              for kind in ("scheduler", "runner")]
+        rows.append(f"| {batch} | {sw:.3f} | {sc:.3f} | {rw:.3f} | {rc:.3f} |")
         print(rows[-1], flush=True)
     report = "\n".join([
         f"\n## Engine host overhead per decode step ({datetime.date.today()})\n",
@@ -91,10 +103,12 @@ def main() -> None:
         f"average {os.getloadavg()[0]:.1f} at the end (shared: wall-clock figures are inflated), "
         f"Python {platform.python_version()}, torch {torch.__version__}, 1 torch thread.",
         f"Command: `.venv/bin/python benchmarks/engine_overhead.py --context {args.context} "
-        f"--steps {args.steps} --write`",
-        f"Context {args.context} tokens per sequence; stub model, vocabulary {VOCAB}.\n",
-        "| batch | scheduler + update (ms/step) | + ForwardBatch + sampler (ms/step) |",
-        "|---|---|---|", *rows, ""])
+        f"--steps {args.steps} --repeat {args.repeat} --write`",
+        f"Context {args.context} tokens per sequence; stub model, vocabulary {VOCAB}; medians "
+        f"of {args.repeat} runs.\n",
+        "| batch | scheduler + update, wall (ms/step) | CPU (ms/step) "
+        "| + batch inputs + sampler, wall (ms/step) | CPU (ms/step) |",
+        "|---|---|---|---|---|", *rows, ""])
     if args.write:
         path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
         with path.open("a") as f:

@@ -16,6 +16,7 @@ claims, so the script is exercised on a CPU. Knows the model only through its pu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import random
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer timing iterations")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, one iteration, no claims")
     p.add_argument("--docs", type=Path, help="append the result table to this markdown file")
+    p.add_argument("--no-fused-route", action="store_true",
+                   help="route the few-token MoE path with moe.route (linear + topk + softmax) "
+                        "instead of the fused kernel (moe_triton.FUSED_ROUTE), to compare")
     return p.parse_args(argv)
 
 
@@ -278,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     iters = 1 if args.dry_run else 5 if args.quick else 20
     cuda = args.device.startswith("cuda")
     kernels = choose_kernels(args.device, torch.bfloat16 if cuda else torch.float32)
+    if args.no_fused_route and kernels.is_triton:
+        from gptoss_serve.kernels import moe_triton
+
+        moe_triton.FUSED_ROUTE = False
+        kernels = dataclasses.replace(kernels, description=kernels.description
+                                      + " (MoE routing unfused)")
     print(f"kernels: {kernels.description}", flush=True)
     res: dict = {"date": dt.date.today().isoformat(), "kernels": kernels.description,
                  "gpu": torch.cuda.get_device_name() if cuda else "CPU",

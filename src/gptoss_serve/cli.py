@@ -82,6 +82,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-tool-turns", type=_positive_int, default=8,
       help="built-in tool calls (python, browser) the server runs per response")
     _add_tool_args(a)
+    a("--max-reasoning-tokens", type=_natural_int, default=None,
+      help="reasoning budget of chat requests that set none: after this many analysis/preamble "
+      "tokens the answer is forced to start (default: no budget)")
     p.set_defaults(func=_run_serve)
 
 
@@ -125,6 +128,12 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def _natural_int(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def _current_date(value: str) -> str | None:
     import datetime as dt
 
@@ -158,6 +167,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             args.responses_db or str(tiny.parent / "responses.sqlite3")),
         max_tool_turns=args.max_tool_turns,
         max_body_bytes=int(args.max_body_mib * (1 << 20)), public_metrics=args.public_metrics,
+        default_max_reasoning_tokens=args.max_reasoning_tokens,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,

@@ -25,12 +25,23 @@ request_st = st.tuples(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workload=st.lists(request_st, min_size=1, max_size=8),
-       full=st.integers(6, 40), budget=st.integers(4, 24), max_seqs=st.integers(1, 6),
-       caching=st.booleans())
+# random workloads and cache shapes (tests/engine/test_persistent_batch.py drives them too)
+random_workloads = given(workload=st.lists(request_st, min_size=1, max_size=8),
+                         full=st.integers(6, 40), budget=st.integers(4, 24),
+                         max_seqs=st.integers(1, 6), caching=st.booleans())
+few_examples = settings(max_examples=40, deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow])
+
+
+def sliding_blocks(full: int, budget: int) -> int:
+    """A sliding pool that never limits (the full pool is the tight one)."""
+    return BlockManager(full, 0, BS, WINDOW).max_sliding_blocks_per_seq(budget) + 2
+
+
+@few_examples
+@random_workloads
 def test_random_workloads_keep_invariants_and_outputs(workload, full, budget, max_seqs, caching):
-    slide = BlockManager(full, 0, BS, WINDOW).max_sliding_blocks_per_seq(budget) + 2
+    slide = sliding_blocks(full, budget)
     engine = scripted_engine(full=full, slide=slide, budget=budget, max_seqs=max_seqs)
     engine.scheduler.enable_prefix_caching = caching
     tokens: dict[tuple[str, int], list[int]] = {}

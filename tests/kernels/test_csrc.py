@@ -29,8 +29,8 @@ needs_cc = pytest.mark.skipif(_CC is None or platform.machine() not in ("x86_64"
 
 
 def test_every_kernel_module_has_its_source():
-    assert SOURCES == ["attention.c", "decode_step.c", "greedy.c", "logits.c", "mxfp4.c",
-                       "rms_norm.c", "rotary.c"]
+    assert SOURCES == ["attention.c", "bitmask.c", "decode_step.c", "greedy.c", "logits.c",
+                       "mxfp4.c", "rms_norm.c", "rotary.c"]
     for name in SOURCES:
         if name != "rotary.c":  # rotary needs no helper of kernel.h (and must stay last)
             assert cpu_c.sources(name)[1].name == "kernel.h", name

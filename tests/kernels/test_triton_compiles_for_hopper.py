@@ -4,7 +4,7 @@ The interpreter tests beside this file check the kernels' arithmetic; they canno
 the GPU compiler rejects (tile shapes, dtype mixes in `tl.dot`, layouts, shared memory). This
 runs `xcompile_sm90.py` in a fresh process (Triton reads TRITON_INTERPRET once, at import) and
 requires every kernel variant a forward pass launches to compile: prefill, decode with and
-without split keys, the matrix-vector and both grouped MoE tile sets.
+without split keys, the fused routing, the matrix-vector and both grouped MoE tile sets.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ pytest.importorskip("triton")
 
 SCRIPT = Path(__file__).with_name("xcompile_sm90.py")
 KERNELS = {"_rms_norm_kernel", "_rope_kv_kernel", "_attn_kernel", "_merge_kernel",
-           "_moe_up_kernel", "_moe_down_kernel", "_gemv_up_kernel", "_gemv_down_kernel"}
+           "_moe_up_kernel", "_moe_down_kernel", "_gemv_up_kernel", "_gemv_down_kernel",
+           "_route_kernel"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile them for real")

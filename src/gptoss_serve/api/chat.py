@@ -8,6 +8,7 @@ per-choice mapping (reasoning, content, tool calls, stop strings) is `api/choice
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -25,8 +26,8 @@ from gptoss_serve.api.schemas import (
     parse_body,
 )
 from gptoss_serve.api.streaming import prime, respond
+from gptoss_serve.constrain import ConstraintSpec, build_constraint, check_tools
 from gptoss_serve.engine.request import EngineRequest, StepOutput
-from gptoss_serve.errors import InvalidRequestError
 from gptoss_serve.harmony.render import (
     RenderedPrompt,
     RenderOptions,
@@ -35,21 +36,20 @@ from gptoss_serve.harmony.render import (
 )
 
 
-def check_supported(req: ChatCompletionRequest) -> None:
-    """Options that need constrained decoding are refused clearly until it exists."""
+def chat_constraint(ctx: ApiContext, req: ChatCompletionRequest,
+                    tools: list[dict[str, Any]]) -> ConstraintSpec | None:
+    """The request's constrained decoding (response_format, structured_outputs, tool_choice,
+    reasoning budget); 400s for bad schemas and unknown tool names come from here."""
     choice = req.tool_choice
-    if choice == "required" or isinstance(choice, NamedToolChoice):
-        raise InvalidRequestError(
-            "tool_choice 'required' and named functions need constrained decoding, which this "
-            "server does not support yet; use 'auto' or 'none'.",
-            param="tool_choice",
-        )
-    if req.response_format is not None and req.response_format.type != "text":
-        raise InvalidRequestError(
-            f"response_format '{req.response_format.type}' needs constrained decoding, which "
-            "this server does not support yet; only 'text' is accepted.",
-            param="response_format",
-        )
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.model_dump()
+    budget = req.max_reasoning_tokens
+    if budget is None:
+        budget = ctx.config.default_max_reasoning_tokens
+    return build_constraint(
+        response_format=req.response_format_dict(), structured_outputs=req.structured_outputs,
+        tools=tools, tool_choice=choice, parallel_tool_calls=req.parallel_tool_calls,
+        max_reasoning_tokens=budget)
 
 
 def offered_tools(req: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -60,11 +60,13 @@ def offered_tools(req: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 
 def render_messages(
-    ctx: ApiContext, messages: list[ChatMessage], effort: str, tools: list[dict[str, Any]]
+    ctx: ApiContext, messages: list[ChatMessage], effort: str, tools: list[dict[str, Any]],
+    response_format: dict[str, Any] | None = None,
 ) -> RenderedPrompt:
     """The harmony prompt of a conversation (chat completions and /tokenize)."""
     options = RenderOptions(
-        reasoning_effort=effort, current_date=ctx.current_date(), tools=tools or None
+        reasoning_effort=effort, current_date=ctx.current_date(), tools=tools or None,
+        response_format=response_format,
     )
     return render_chat([m.model_dump(exclude_none=True) for m in messages], options)
 
@@ -76,9 +78,13 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
         return await create_chat_with_tools(ctx, request, req, service.tools,
                                             service.max_tool_turns)
     ctx.check_model(req.model)
-    check_supported(req)
     tools = offered_tools(req)
-    prompt = await off_loop(render_messages, ctx, req.messages, req.reasoning_effort, tools)
+    if req.tool_choice == "none":  # tools left out of the prompt are still checked
+        check_tools([t.model_dump(exclude_none=True) for t in req.tools or []])
+    # schema checks and grammar compilation (first time: the vocabulary, ~1 s) off the event loop
+    constraint = await off_loop(chat_constraint, ctx, req, tools)
+    prompt = await off_loop(render_messages, ctx, req.messages, req.reasoning_effort, tools,
+                            req.response_format_dict())
     n_prompt = len(prompt.token_ids)
     cap_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     max_tokens = ctx.max_tokens_for(
@@ -92,6 +98,8 @@ async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
         logprobs=req.engine_logprobs(),
         vocab_size=ctx.tokenizer.vocab_size,
     )
+    if constraint is not None:
+        params = dataclasses.replace(params, constraint=constraint)
     engine_req = EngineRequest(new_id("chatcmpl"), tuple(prompt.token_ids), params)
     run = ChatRun(ctx, req, engine_req, declared_function_names(tools))
     return await respond(request, prime(ctx.generate(engine_req)), run, req.stream)

@@ -8,6 +8,8 @@ insides.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -25,6 +27,7 @@ from gptoss_serve.api.context import (
 from gptoss_serve.api.schemas import CompletionRequest, parse_body
 from gptoss_serve.api.stop_strings import StopStringMatcher
 from gptoss_serve.api.streaming import merge, prime, respond
+from gptoss_serve.constrain import build_text_constraint
 from gptoss_serve.engine.request import EngineRequest, StepOutput, TokenLogprob
 from gptoss_serve.errors import InvalidRequestError
 
@@ -113,6 +116,9 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
     check_supported(req)
     prompts = await off_loop(prompt_ids, req, ctx.tokenizer)
     stop_ids = tuple(ctx.engine.model_config.eos_token_ids)
+    constraint = await asyncio.to_thread(
+        build_text_constraint, response_format=req.response_format_dict(),
+        structured_outputs=req.structured_outputs)
     engine_reqs = []
     sent = req.max_tokens if "max_tokens" in req.model_fields_set else None
     for ids in prompts:  # like chat's, the default (16) is lowered to what fits
@@ -121,6 +127,8 @@ async def create_completion(ctx: ApiContext, request: Request) -> Response:
             req, max_tokens=max_tokens, stop_token_ids=stop_ids, logprobs=req.logprobs,
             vocab_size=ctx.tokenizer.vocab_size,
         )
+        if constraint is not None:
+            params = dataclasses.replace(params, constraint=constraint)
         engine_reqs.append(EngineRequest(new_id("cmpl"), tuple(ids), params))
     run = CompletionRun(ctx, req, engine_reqs)
     return await respond(request, _start_all(ctx, engine_reqs), run, req.stream)

@@ -63,7 +63,7 @@ class ResponsesService:
     async def create(self, request: Request) -> Response:
         req = await off_loop(parse_body, ResponsesRequest, await request.body())
         self.ctx.check_model(req.model)
-        constraint = run_constraint(req)
+        constraint = await off_loop(run_constraint, req)  # grammar compilation takes a while
         if self.store is None:
             if req.background:
                 raise InvalidRequestError("background responses need the response store, "

@@ -101,6 +101,19 @@ class ResponseFormat(_Strict):
     json_schema: dict[str, Any] | None = None
 
 
+class _StructuredFields(_Strict):
+    """Structured outputs: OpenAI's `response_format` and vLLM's `structured_outputs` extension
+    ({"json" | "regex" | "choice" | "grammar" | "json_object": ...}, checked by
+    `constrain.builder`)."""
+
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+    def response_format_dict(self) -> dict[str, Any] | None:
+        rf = self.response_format
+        return None if rf is None else rf.model_dump(exclude_none=True)
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
@@ -161,7 +174,7 @@ class _SamplingFields(_Strict):
 
 
 # ---- chat completions ------------------------------------------------------------------------
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(_SamplingFields, _StructuredFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
@@ -172,7 +185,7 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
+    max_reasoning_tokens: int | None = Field(default=None, ge=0)  # extension: reasoning budget
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
@@ -194,7 +207,7 @@ class ChatCompletionRequest(_SamplingFields):
 TokenIds = list[Annotated[int, Field(ge=0, le=MAX_COUNT)]]
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(_SamplingFields, _StructuredFields):
     prompt: str | list[str] | TokenIds | list[TokenIds]
     max_tokens: Count = 16
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)

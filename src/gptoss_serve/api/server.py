@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,11 @@ def run_server(opts: ServeOptions) -> int:
     where = config.responses_db if config.responses_db is not None else "off (--no-store)"
     log.info("responses store: %s", where)
     app = create_app(engine, config, get_tokenizer(), tools=tools)
+    # llguidance's view of the vocabulary (~1 s) is built in the background, not by the first
+    # constrained request
+    from gptoss_serve.constrain.tokenizer import ll_tokenizer
+
+    threading.Thread(target=ll_tokenizer, name="llguidance-vocab", daemon=True).start()
     log.info("serving %r on http://%s:%d/v1", name, config.host, config.port)
     if config.api_key is not None:
         open_to_all = " and /metrics" if config.public_metrics else ""

@@ -8,6 +8,10 @@ reusable until the allocator evicts them, least recently freed first. A prefix h
 needs the first k blocks in the full pool and, in the sliding pool, the blocks that the token at
 position k*block_size still sees.
 
+A sequence's tables change in three ways only (the runner's persistent batch relies on it):
+`allocate` appends to both; `commit` turns sliding entries below `num_trimmed_blocks` to -1;
+`free` and prefix hits give the sequence new list objects.
+
 Owns block ids, reference counts and hashes; knows nothing of torch, scheduling policy or models.
 
 Follows vLLM's v1 prefix caching (`vllm/v1/core/kv_cache_utils.py: hash_block_tokens`,
@@ -147,6 +151,8 @@ class BlockManager:
         and starts with those tokens computed.
         """
         bs = self.block_size
+        if seq.full_blocks and (seq.num_computed_tokens + num_new - 1) // bs < len(seq.full_blocks):
+            return True  # the tokens fit the blocks it has (most decode steps)
         start = num_hit_blocks * bs if not seq.full_blocks else seq.num_computed_tokens
         have = max(len(seq.full_blocks), num_hit_blocks)
         num_fresh = self.blocks_for(start + num_new) - have

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
 from gptoss_serve.engine.block_manager import BlockManager
+from gptoss_serve.engine.constraint import StructuredOutputs
 from gptoss_serve.engine.request import EngineRequest, StepOutput
 from gptoss_serve.engine.sampler import check_params
 from gptoss_serve.engine.scheduler import Scheduler, SchedulerOutput
@@ -38,6 +39,7 @@ class LLMEngine:
         self.scheduler = Scheduler(bm, sched, max_model_len=self.max_model_len,
                                    eos_token_ids=model_config.eos_token_ids,
                                    enable_prefix_caching=cache.enable_prefix_caching)
+        self.structured = StructuredOutputs(model_config.vocab_size)
 
     @classmethod
     def from_model(cls, model, cache: CacheConfig, sched: SchedulerConfig, *,
@@ -88,7 +90,9 @@ class LLMEngine:
 
     def step(self) -> list[StepOutput]:
         out = self.scheduler.schedule()
+        out.token_masks = self.structured.begin(out)  # filled while the forward pass runs
         sampled = self.runner.execute(out) if out.scheduled else []
+        self.structured.accept(out, sampled)
         return self.scheduler.update(out, sampled)
 
     def stats(self) -> EngineStats:

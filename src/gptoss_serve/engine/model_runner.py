@@ -15,7 +15,10 @@ graphs (the CPU tests). Prefill and mixed steps run eagerly. On CPU a small step
 operators on one thread (`kernels/cpu_threads.py`). `plan_for_gpu` is the same sizing
 as a pure function of the card's size, for the 120b-on-80-GB memory plan.
 
-Owns torch tensors of the cache, the ForwardBatch build and the call of the sampler; knows nothing
+The step's inputs come from `persistent_batch.PersistentBatch` (block tables kept between steps,
+updated incrementally; one asynchronous copy per dtype to the device).
+
+Owns torch tensors of the cache, the step's inputs and the call of the sampler; knows nothing
 of request queues, HTTP or harmony.
 """
 
@@ -28,7 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
+from gptoss_serve.engine.forward_batch import KVCache
+from gptoss_serve.engine.persistent_batch import PersistentBatch
 from gptoss_serve.engine.sampler import Sampler, SamplingRow, noise_key
 from gptoss_serve.engine.scheduler import SchedulerOutput
 from gptoss_serve.engine.sequence import SampledToken, Sequence
@@ -140,6 +144,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.sampler = Sampler()
+        self.inputs = PersistentBatch(block_size, device, rows=max_num_seqs)
         self.kv_cache = KVCache.allocate(
             [config.is_sliding(i) for i in range(config.num_hidden_layers)],
             plan.num_full_blocks, plan.num_sliding_blocks, block_size,
@@ -192,16 +197,14 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> list[SampledToken]:
         """Compute the step's new tokens; logits only where a token is sampled."""
-        slices = [SeqSlice(s.seq.token_ids[s.start_pos:s.start_pos + s.num_new_tokens],
-                           s.start_pos, s.seq.full_blocks, s.seq.sliding_blocks, s.sample)
-                  for s in out.scheduled]
-        tokens = sum(s.num_new_tokens for s in out.scheduled) if self.device.type == "cpu" else 0
+        host = self.inputs.host_batch(out.scheduled)
+        tokens = host.input_ids.shape[0] if self.device.type == "cpu" else 0
         with step_threads(tokens) if tokens else contextlib.nullcontext():
             rows = [sampling_row(s.seq) for s in out.sampling]
-            if self.decode is not None and self.decode.accepts(slices):
-                logits = self.decode.run(slices)
+            if self.decode is not None and self.decode.accepts_batch(host):
+                logits = self.decode.run_batch(host)
             else:
-                batch = ForwardBatch.build(slices, self.block_size, self.device)
+                batch = self.inputs.to_device(host)
                 if not (Sampler.argmax_only(rows) and hasattr(self.model, "greedy_tokens")):
                     logits = self.model.forward(batch, self.kv_cache)
                 else:  # a greedy step: the model may find the tokens without every logit
@@ -210,7 +213,9 @@ class ModelRunner:
                     if ids is not None:
                         return [SampledToken(t) for t in ids.tolist()]
                     logits = self.model.logits(h)
-            return self.sampler.sample(logits.float(), rows)
+            masks = out.token_masks
+            return self.sampler.sample(logits.float(), rows,
+                                       None if masks is None else (masks.rows, masks.wait()))
 
 
 def sampling_row(seq: Sequence) -> SamplingRow:
@@ -219,5 +224,7 @@ def sampling_row(seq: Sequence) -> SamplingRow:
     k = seq.num_output_tokens
     penalised = params.frequency_penalty or params.presence_penalty
     banned = tuple(seq.group.stop_ids) if k < params.min_tokens else ()
-    return SamplingRow(params, noise_key(seq.group.sample_seed, seq.index, k),
-                       seq.output_token_ids if penalised else [], banned)
+    key = noise_key(seq.group.sample_seed, seq.index, k) if params.temperature > 0 else 0
+    return SamplingRow(params, key,
+                       seq.output_token_ids if penalised else [], banned,
+                       constrained=params.constraint is not None)

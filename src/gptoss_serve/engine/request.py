@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gptoss_serve.engine.constraint import ConstraintFactory
 
 MIN_TEMPERATURE = 1e-5  # below this a temperature is greedy (vLLM's epsilon); 5e-324 is 0 in fp32
 
@@ -30,6 +34,7 @@ class SamplingParams:
     ignore_eos: bool = False  # ignore stop_token_ids (benchmarks)
     logprobs: int | None = None  # None: off; k >= 0: chosen token's logprob plus top-k (k <= 20)
     n: int = 1
+    constraint: ConstraintFactory | None = None  # structured output: one constraint per sequence
 
     def __post_init__(self) -> None:
         if self.temperature < MIN_TEMPERATURE:  # dividing by it would overflow float32
@@ -55,7 +60,7 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), best first
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepOutput:
     """What one engine step produced for one sequence of a request."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gptoss_serve.engine.constraint import apply_bitmask
 from gptoss_serve.engine.request import SamplingParams, TokenLogprob
 from gptoss_serve.engine.sequence import SampledToken
 from gptoss_serve.kernels.logits_cpu import row_argmax
@@ -37,6 +38,7 @@ class SamplingRow:
     key: int  # 32-bit noise key, see noise_key()
     output_token_ids: list[int] = field(default_factory=list)  # for penalties
     banned_ids: tuple[int, ...] = ()  # stop ids masked because min_tokens is not reached
+    constrained: bool = False  # a structured-output bitmask row comes with the step's masks
 
 
 def noise_key(seed: int, index: int, token_index: int) -> int:
@@ -169,20 +171,27 @@ class Sampler:
     def __init__(self) -> None:
         self._vocab_hash: dict[tuple[int, str], torch.Tensor] = {}
 
-    def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampledToken]:
-        """logits: float32 [len(rows), V]. Returns one SampledToken per row."""
+    def sample(self, logits: torch.Tensor, rows: list[SamplingRow],
+               masks: tuple[list[int], torch.Tensor] | None = None) -> list[SampledToken]:
+        """logits: float32 [len(rows), V]. Returns one SampledToken per row. `masks`: the
+        constrained rows and their bitmask (`engine/constraint.py`), applied after the other
+        processing (so they win over logit_bias)."""
         if not rows:
             return []
         processed = self._process(logits, rows)
+        if masks is not None:
+            if processed is logits:
+                processed = logits.clone()
+            apply_bitmask(processed, *masks)
         chosen = self._choose(processed, rows)
         return self._collect(logits, chosen, rows)
 
     @staticmethod
     def argmax_only(rows: list[SamplingRow]) -> bool:
         """Whether `sample` reduces to `greedy(logits)` for every row: temperature 0, no
-        logprobs, logit_bias, masked stop ids or penalties (then a model may find the argmax
-        without every logit)."""
-        return not any(r.params.temperature > 0 or r.params.logprobs is not None
+        logprobs, logit_bias, masked stop ids, penalties or constraint (then a model may find the
+        argmax without every logit)."""
+        return not any(r.constrained or r.params.temperature > 0 or r.params.logprobs is not None
                        or r.params.logit_bias or r.banned_ids or r.params.frequency_penalty
                        or r.params.presence_penalty for r in rows)
 
@@ -266,8 +275,11 @@ class Sampler:
         keys = _as_i32(torch.tensor([r.key for r in rows], dtype=torch.int64))
         bits = _mix32_i32(keys.to(device, non_blocking=True)[:, None]
                           ^ self._vocab_hash[cache_key][None, :])
-        u = bits.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).float()
-        return u.add_(0.5).div_(float(1 << 24))
+        # 23 bits: (2**23 - 0.5) / 2**23 is a float32 below 1; with 24 bits the top value rounds
+        # to 1.0, whose Gumbel noise is +inf (a uniformly random token about once in 80 steps
+        # at this vocabulary, and NaN against a -inf masked logit)
+        u = bits.bitwise_right_shift_(9).bitwise_and_(0x7FFFFF).float()
+        return u.add_(0.5).div_(float(1 << 23))
 
     # ---- results (the one host sync) -----------------------------------------------------------
     def _collect(self, logits: torch.Tensor, chosen: torch.Tensor,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gptoss_serve.config import SchedulerConfig
 from gptoss_serve.engine.block_manager import BlockManager
@@ -26,8 +27,11 @@ from gptoss_serve.engine.sequence import RequestGroup, SampledToken, SeqStatus, 
 from gptoss_serve.engine.stats import EngineStats
 from gptoss_serve.errors import ContextLengthError, InvalidRequestError
 
+if TYPE_CHECKING:
+    from gptoss_serve.engine.constraint import TokenMasks
 
-@dataclass
+
+@dataclass(slots=True)
 class ScheduledSeq:
     """One sequence's share of a step."""
 
@@ -44,6 +48,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq]  # batch order: running sequences first, then newly admitted
     num_batched_tokens: int  # sum of num_new_tokens, at most max_num_batched_tokens
     num_preempted: int  # sequences preempted while building this step (recomputed later)
+    token_masks: TokenMasks | None = None  # structured-output masks of the sampled rows
 
     @property
     def sampling(self) -> list[ScheduledSeq]:

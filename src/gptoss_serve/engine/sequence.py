@@ -12,8 +12,12 @@ import array
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gptoss_serve.engine.request import EngineRequest, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from gptoss_serve.engine.constraint import TokenConstraint
 
 
 class SeqStatus(enum.Enum):
@@ -22,7 +26,7 @@ class SeqStatus(enum.Enum):
     FINISHED = "finished"  # done; blocks returned
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SampledToken:
     """What the runner sampled for one sequence in one step."""
 
@@ -61,6 +65,7 @@ class Sequence:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
     logprobs: list[TokenLogprob] = field(default_factory=list)
     admitted_once: bool = False
+    constraint: TokenConstraint | None = None  # made from params.constraint when first sampled
 
     @property
     def request_id(self) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, PoolView, SeqSlice
+from gptoss_serve.engine.persistent_batch import Stager
 from gptoss_serve.kernels.cuda_graph import DEFAULT_BATCH_SIZES, DecodeGraphs
 
 PAD_TOKEN, PAD_POSITION, PAD_SEQ_LEN, PAD_SLOT, PAD_BLOCK = 0, 0, 1, -1, 0
@@ -53,6 +54,7 @@ class StaticDecodeBuffers:
         for table in self.tables.values():
             table[:, 0] = PAD_BLOCK
         self.seq_lens_cpu = [PAD_SEQ_LEN] * max_batch  # host copy; Triton kernels never read it
+        self.stager = Stager(device)
 
     @property
     def max_batch(self) -> int:
@@ -74,27 +76,43 @@ class StaticDecodeBuffers:
 
     def load(self, host: ForwardBatch, padded: int) -> None:
         """Copy a host-built decode batch of n rows into rows [0, n) and padding into [n,
-        padded). Table columns past the batch's width keep stale ids: no live row reads a
-        block past its seq_len, and padding rows read only column 0."""
+        padded): the rows are padded on the host, sent in one transfer per dtype (pinned, on
+        CUDA) and copied into the buffers on the device; block tables already on the device
+        (the persistent batch's) are copied there. Table columns past the batch's width keep
+        stale ids: no live row reads a block past its seq_len, and padding rows read only
+        column 0."""
         n, pad = host.num_seqs, padded - host.num_seqs
-        _put(self.input_ids, host.input_ids, pad, PAD_TOKEN)
-        _put(self.positions, host.positions, pad, PAD_POSITION)
-        _put(self.seq_lens, host.seq_lens, pad, PAD_SEQ_LEN)
+        i64 = [_padded(host.input_ids, pad, PAD_TOKEN), _padded(host.positions, pad, PAD_POSITION)]
+        i32 = [_padded(host.seq_lens, pad, PAD_SEQ_LEN)]
+        staged = []
         for p in POOLS:
             view = host.pool(p == "sliding")
-            _put(self.slots[p], view.slot_mapping, pad, PAD_SLOT)
-            width = view.block_tables.shape[1]
-            table = torch.full((padded, width), -1, dtype=torch.int32)
-            table[:n] = view.block_tables
-            table[n:, 0] = PAD_BLOCK
-            self.tables[p][:padded, :width].copy_(table, non_blocking=True)
+            i64.append(_padded(view.slot_mapping, pad, PAD_SLOT))
+            src, dst = view.block_tables, self.tables[p][:padded, :view.block_tables.shape[1]]
+            if src.device.type == dst.device.type:
+                dst[:n].copy_(src)
+                dst[n:].fill_(-1)
+                dst[n:, 0] = PAD_BLOCK
+            else:
+                table = torch.full(dst.shape, -1, dtype=torch.int32)
+                table[:n] = src
+                table[n:, 0] = PAD_BLOCK
+                i32.append(table)
+                staged.append(dst)
+        (ids, pos, slot_full, slot_slide), (lens, *tables) = self.stager.send(i64, i32)
+        self.input_ids[:padded].copy_(ids)
+        self.positions[:padded].copy_(pos)
+        self.seq_lens[:padded].copy_(lens)
+        self.slots["full"][:padded].copy_(slot_full)
+        self.slots["sliding"][:padded].copy_(slot_slide)
+        for dst, table in zip(staged, tables, strict=True):
+            dst.copy_(table)
         self.seq_lens_cpu[:padded] = host.seq_lens_cpu + [PAD_SEQ_LEN] * pad
 
 
-def _put(dst: torch.Tensor, live: torch.Tensor, pad: int, fill: int) -> None:
-    """dst[:n + pad] = live rows then `pad` fill values, in one host-to-device copy."""
-    host = torch.cat([live, torch.full((pad,), fill, dtype=live.dtype)])
-    dst[:host.shape[0]].copy_(host, non_blocking=True)
+def _padded(live: torch.Tensor, pad: int, fill: int) -> torch.Tensor:
+    """The live rows (on the host) then `pad` fill values."""
+    return torch.cat([live, torch.full((pad,), fill, dtype=live.dtype)])
 
 
 class PaddedDecode:
@@ -124,11 +142,22 @@ class PaddedDecode:
                 and all(len(s.token_ids) == 1 and s.sample
                         and len(s.full_blocks) <= self.buffers.max_blocks for s in slices))
 
+    def accepts_batch(self, host: ForwardBatch) -> bool:
+        """`accepts` for a step already built on the host (the runner's persistent batch)."""
+        n = host.num_seqs
+        return (0 < n <= self.buffers.max_batch and host.logits_indices.shape[0] == n
+                and all(q == 1 for q in host.query_lens_cpu)
+                and host.full.block_tables.shape[1] <= self.buffers.max_blocks)
+
     def run(self, slices: Sequence[SeqSlice]) -> torch.Tensor:
         """Float32 logits [n, V] of the n sequences (a view: consume before the next step)."""
-        n = len(slices)
+        return self.run_batch(ForwardBatch.build(slices, self.buffers.block_size, "cpu"))
+
+    def run_batch(self, host: ForwardBatch) -> torch.Tensor:
+        """`run` for a decode step built on the host (see `accepts_batch`)."""
+        n = host.num_seqs
         padded = self.graphs.padded_size(n) or n
-        self.buffers.load(ForwardBatch.build(slices, self.buffers.block_size, "cpu"), padded)
+        self.buffers.load(host, padded)
         self.steps += 1
         self.padding_rows += padded - n
         if self.graphs.enabled and self.graphs.graphs:

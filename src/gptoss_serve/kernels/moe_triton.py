@@ -1,6 +1,7 @@
 """MXFP4 mixture-of-experts as two grouped Triton matmuls (W4A16, float32 accumulation).
 
-Steps: (1) routing with `moe.route` (top-k by logit, softmax over the k); (2) the (token, slot)
+Steps: (1) routing with `moe.route` (top-k by logit, softmax over the k; the few-token path
+below uses the fused `route_triton` kernel instead); (2) the (token, slot)
 pairs sorted by expert and cut into tiles of BLOCK_M rows of one expert each, all on the device
 with fixed-size tensors (no host sync, CUDA-graph safe); (3) up-projection: each program takes
 one tile and BLOCK_N gate/up pairs (rows 2n and 2n+1 of W1, so a tile of 2*BLOCK_N interleaved
@@ -24,6 +25,7 @@ import triton.language as tl
 
 from gptoss_serve.kernels.moe import ExpertWeights, route
 from gptoss_serve.kernels.moe_gemv_triton import GemvTiles, moe_gemv
+from gptoss_serve.kernels.route_triton import route_triton
 from gptoss_serve.kernels.triton_util import cdiv, dot_in_float32
 
 
@@ -47,6 +49,11 @@ PREFILL = MoETiles(block_m=64, block_n=64, block_k=64)  # many rows per expert: 
 # 4 pairs and 1.5x at 16; at 64 the two paths traded places between machines, and real batches
 # share experts between tokens, which this path reads once per pair, so the limit stays at 16
 GEMV_MAX_PAIRS = 16
+
+# The matrix-vector path routes with the fused kernel of `route_triton.py` (one launch instead
+# of linear + topk + softmax). Checked under the interpreter and compiled for sm_90 only: no
+# GPU timing of it yet (docs/benchmarks.md, issue 15); False goes back to `moe.route`.
+FUSED_ROUTE = True
 
 
 def pick_tiles(num_pairs: int, num_experts: int) -> MoETiles:
@@ -204,11 +211,15 @@ def moe_triton(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
         out = torch.empty((t, h), dtype=x.dtype, device=x.device)
     if t == 0:
         return out
-    ids, weights = route(x, router_w, router_b, top_k)
     x = x if x.stride(-1) == 1 else x.contiguous()
+    few = gemv is not None or (tiles is None and t * top_k <= GEMV_MAX_PAIRS)
+    if few and FUSED_ROUTE and router_w.stride(-1) == 1:
+        ids, weights = route_triton(x, router_w, router_b, top_k)
+    else:
+        ids, weights = route(x, router_w, router_b, top_k)
     w1, s1 = _weights(experts, 1)
     w2, s2 = _weights(experts, 2)
-    if gemv is not None or (tiles is None and t * top_k <= GEMV_MAX_PAIRS):
+    if few:
         return moe_gemv(x, ids, weights, w1, s1, w2, s2, experts, swiglu_limit, swiglu_alpha,
                         out, gemv)
     n_exp, inter = experts.num_experts, experts.w1_bias.shape[-1] // 2
