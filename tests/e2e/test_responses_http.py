@@ -6,6 +6,7 @@ stopping a tool loop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import openai
@@ -177,3 +178,23 @@ def test_real_engine_stream_equals_stored(tiny_server):
     assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
     texts = {i: item_text(item) for i, item in enumerate(final.output)}
     assert {i: t for i, t in texts.items() if t} == {i: t for i, t in folded["texts"].items() if t}
+
+
+def test_real_engine_text_format_and_forced_call(tiny_server):
+    """Constrained decoding with the tiny random model: `responses.parse` gets an instance of
+    the Pydantic model, a named tool_choice a call whose arguments fit the function's schema."""
+    import jsonschema
+    from test_constrained_server import ADD, BUDGET, Trip
+
+    client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="x", max_retries=0)
+    out = client.responses.parse(model=MODEL, input="Plan a trip.", text_format=Trip,
+                                 max_output_tokens=200, temperature=1.0, extra_body=BUDGET)
+    assert out.status == "completed" and isinstance(out.output_parsed, Trip)
+    assert Trip.model_validate_json(out.output_text) == out.output_parsed
+    add = {"type": "function", **ADD["function"]}
+    called = client.responses.create(model=MODEL, input="Add.", tools=[add], extra_body=BUDGET,
+                                     tool_choice={"type": "function", "name": "add"},
+                                     max_output_tokens=100)
+    call = called.output[-1]
+    assert call.type == "function_call" and call.name == "add"
+    jsonschema.validate(json.loads(call.arguments), add["parameters"])

@@ -1,47 +1,48 @@
-"""The Responses API's constrained decoding: `text.format` (json_schema / json_object) and a
-forced `tool_choice` (required / a named function) -> the run's `SamplingParams.constraint`.
+"""The Responses API's constrained decoding: `text.format` (json_schema / json_object), a
+forced `tool_choice` (required / a named function) and a reasoning budget -> the run's
+`SamplingParams.constraint`.
 
 Owns the checks of these options (a forced tool must be declared; neither combines with the
 built-in tools, whose calls the grammar does not cover) and the translation to the shapes of
 `constrain.build_constraint` (the chat `response_format` and `tool_choice`), whose 400s are
-renamed to this API's fields. Where the constrained-decoding package is not installed the
-options are validated, then refused with a 400. Knows nothing of HTTP, the loop or the store.
+renamed to this API's fields. Knows nothing of HTTP, the loop or the store.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from gptoss_serve.api.responses_schemas import BUILTIN_TYPES, ResponsesRequest, ToolChoiceObject
+from gptoss_serve.constrain import build_constraint
 from gptoss_serve.errors import InvalidRequestError
 
 
-def run_constraint(req: ResponsesRequest) -> Any:
-    """The constraint of every model call of the run, or None when nothing is constrained."""
+def run_constraint(req: ResponsesRequest, default_budget: int | None = None) -> Any:
+    """The constraint of every model call of the run, or None when nothing is constrained.
+    `max_reasoning_tokens` (our extension, as in chat; else the server's default, which is not
+    applied to runs with built-in tools) caps the reasoning before the answer."""
     check_tool_choice(req)
     fmt = req.format_dict()
     forced = req.tool_choice == "required" or isinstance(req.tool_choice, ToolChoiceObject)
-    if fmt is None and not forced:
+    budget = req.max_reasoning_tokens
+    if budget is None and not req.builtin_types():
+        budget = default_budget
+    if fmt is None and not forced and budget is None:
         return None
-    param = "text.format" if fmt is not None else "tool_choice"
-    build = _builder()
-    if build is None:
-        raise InvalidRequestError(
-            "text.format json_schema/json_object and tool_choice required/named need "
-            "constrained decoding, which this server does not have; use text / auto.",
-            param=param)
+    param = "text.format" if fmt is not None else (
+        "tool_choice" if forced else "max_reasoning_tokens")
     if req.builtin_types():
         raise InvalidRequestError(
-            "text.format and a forced tool_choice cannot be combined with the built-in tools "
-            "(code_interpreter, web_search)", param=param)
+            "text.format, a forced tool_choice and max_reasoning_tokens cannot be combined with "
+            "the built-in tools (code_interpreter, web_search)", param=param)
     choice: Any = req.tool_choice
     if isinstance(choice, ToolChoiceObject):
         choice = {"type": "function", "function": {"name": choice.name}}
     try:
-        return build(response_format=fmt, tools=req.function_tools(), tool_choice=choice,
-                     parallel_tool_calls=req.parallel_tool_calls)
+        return build_constraint(response_format=fmt, tools=req.function_tools(),
+                                tool_choice=choice, parallel_tool_calls=req.parallel_tool_calls,
+                                max_reasoning_tokens=budget)
     except InvalidRequestError as exc:
         renamed = responses_param(exc.param)
         if exc.param and renamed:
@@ -79,12 +80,3 @@ def check_tool_choice(req: ResponsesRequest) -> None:
     else:
         raise InvalidRequestError(f"unsupported tool_choice type {choice.type!r}",
                                   param="tool_choice.type")
-
-
-def _builder() -> Callable[..., Any] | None:
-    """`constrain.build_constraint` where constrained decoding is installed, else None."""
-    try:
-        from gptoss_serve.constrain import build_constraint
-    except ImportError:
-        return None
-    return build_constraint

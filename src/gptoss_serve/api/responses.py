@@ -63,7 +63,8 @@ class ResponsesService:
     async def create(self, request: Request) -> Response:
         req = await off_loop(parse_body, ResponsesRequest, await request.body())
         self.ctx.check_model(req.model)
-        constraint = await off_loop(run_constraint, req)  # grammar compilation takes a while
+        constraint = await off_loop(  # schema checks and grammar compilation take a while
+            run_constraint, req, self.ctx.config.default_max_reasoning_tokens)
         if self.store is None:
             if req.background:
                 raise InvalidRequestError("background responses need the response store, "

@@ -201,6 +201,7 @@ class ResponsesRequest(_Strict):
     metadata: dict[str, str] | None = None
     include: list[str] | None = None
     max_tool_calls: int | None = Field(default=None, ge=1)
+    max_reasoning_tokens: int | None = Field(default=None, ge=0)  # extension, as in chat
     user: str | None = None
     seed: int | None = None
     truncation: Literal["auto", "disabled"] | None = None
