@@ -76,7 +76,8 @@ def test_browser_citations_in_chat_shape(chat):
 @pytest.mark.parametrize(("extra", "param"), [
     ({"n": 2}, "n"), ({"stop": "x"}, "stop"), ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
     ({"tools": [{"type": "function"}]}, "tools.0"), ({"tool_choice": "required"}, "tool_choice"),
-    ({"model": "other"}, "model"),
+    ({"model": "other"}, "model"), ({"max_reasoning_tokens": 3}, "max_reasoning_tokens"),
+    ({"structured_outputs": {"json_object": True}}, "structured_outputs"),
 ])
 def test_chat_tool_refusals(chat, extra, param):
     _, _, http = chat([(None, PY_ANSWER)], {"code_interpreter": FakePython()})

@@ -7,8 +7,9 @@ Owns the mapping of a finished (or streaming) Responses run onto chat fields: re
 the plain chat mapping does), function calls -> `tool_calls`, the built-in calls the server ran ->
 the extension field `builtin_tool_calls` (the Responses items), browser citations ->
 `annotations` in OpenAI's chat shape (`{"type": "url_citation", "url_citation": {...}}`).
-Refused with a 400: `n` > 1, `logprobs`, `stop`, `tool_choice` required/named and a
-`response_format` (not supported across a tool loop here).
+Refused with a 400: `n` > 1, `logprobs`, `stop`, and the constrained-decoding options
+(`tool_choice` required/named, `response_format`, `structured_outputs`, `max_reasoning_tokens`:
+their grammar does not cover the built-in calls).
 Knows nothing of the store (runs are never stored) or the tools' insides.
 """
 
@@ -47,7 +48,9 @@ def _check(req: ChatCompletionRequest, enabled: dict[str, Any]) -> None:
     constrained = req.tool_choice not in (None, "auto", "none")
     formatted = req.response_format is not None and req.response_format.type != "text"
     for field, bad in (("n", req.n > 1), ("logprobs", req.logprobs), ("stop", req.stop_strings()),
-                       ("tool_choice", constrained), ("response_format", formatted)):
+                       ("tool_choice", constrained), ("response_format", formatted),
+                       ("max_reasoning_tokens", req.max_reasoning_tokens is not None),
+                       ("structured_outputs", req.structured_outputs is not None)):
         if bad:
             raise InvalidRequestError(f"{field} is not supported together with built-in tools",
                                       param=field)
