@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.engine.static_decode import PaddedDecode
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.kernels.select import KernelSet, choose_kernels, reference_kernels
 from gptoss_serve.model.gpt_oss import GptOssModel
 from gptoss_serve.model.synthetic import preset_config

@@ -9,8 +9,8 @@ Measures, over `src/gptoss_serve`:
 - upward imports: every `import` / `from ... import` of a `gptoss_serve` module (at module
   level or inside a function: a lazy import is still a dependency) whose layer is above the
   importing module's, with the layers of `LAYERS` (lowest first):
-      errors, config < harmony < kernels < model < engine, tools, constrain < api, llm, cli,
-      chat_repl, bench;
+      errors, config < harmony < constrain < formats < kernels < model < engine, tools < api, llm,
+      cli, chat_repl, bench;
   an import from a package into one of a higher layer counts once per (importer, imported)
   module pair;
 - functions (and methods) longer than `LONG_FUNCTION` lines, `def` to last line;
@@ -37,9 +37,11 @@ LONG_FUNCTION = 40  # lines from `def` to the function's last line
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "config"),
     ("harmony",),
+    ("constrain",),
+    ("formats",),
     ("kernels",),
     ("model",),
-    ("engine", "tools", "constrain"),  # tools (built-in tools), constrain (constrained decoding)
+    ("engine", "tools"),  # tools: the built-in tools (python, browser)
     ("api", "llm", "cli", "chat_repl", "bench", ""),  # "": the package's own __init__
 )
 _C_MARK = re.compile(r"^\s*(#include|(static\s+)?(inline\s+)?(void|int|float|long)\s+\w+\()",

@@ -8,7 +8,7 @@ import math
 import torch
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.model.gpt_oss import GptOssModel
 
 

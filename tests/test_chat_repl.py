@@ -46,7 +46,7 @@ class ScriptedEngine:
         if len(request.prompt_token_ids) >= self.max_model_len:
             raise InvalidRequestError("conversation longer than the context", param="messages")
 
-    def add_request(self, request: EngineRequest) -> None:
+    def enqueue(self, request: EngineRequest) -> None:  # a request validate accepted
         self.requests.append(request)
         self._pending = script_ids(get_tokenizer(), REPLY.format(n=len(self.requests)))
 

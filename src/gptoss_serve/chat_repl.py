@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from gptoss_serve.engine.engine import LLMEngine
-from gptoss_serve.engine.request import EngineRequest, SamplingParams
+from gptoss_serve.engine.request import CHAT_TEMPERATURE, EngineRequest, SamplingParams
 from gptoss_serve.errors import InvalidRequestError
 from gptoss_serve.harmony.openai_map import ChatDelta, ChatMapper
 from gptoss_serve.harmony.render import RenderOptions, render_chat, resolve_date
@@ -28,7 +28,7 @@ class ChatOptions:
     system: str | None = None  # a developer/system instruction for the whole conversation
     reasoning_effort: str = "medium"  # low | medium | high
     max_tokens: int = 1024
-    temperature: float = 0.7
+    temperature: float = CHAT_TEMPERATURE
     top_p: float = 1.0
     seed: int | None = None
     show_reasoning: bool = False
@@ -67,7 +67,7 @@ class ChatSession:
             raise
         mapper = ChatMapper()
         printer = _Printer(self.out, o.show_reasoning)
-        self.engine.add_request(request)
+        self.engine.enqueue(request)  # validated above
         reason = None
         while self.engine.has_unfinished():
             for step in self.engine.step():
@@ -75,17 +75,19 @@ class ChatSession:
                 reason = step.finish_reason or reason
         printer.show(mapper.flush())
         printer.end(mapper.finish(reason))
-        answer = mapper.content or ""
+        answer = "".join(printer.answer)
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 
 
 class _Printer:
-    """Prints deltas as they come: reasoning lines marked (when shown), then the answer."""
+    """Prints deltas as they come: reasoning lines marked (when shown), then the answer; keeps
+    the answer's text (the turn's one copy, for the history)."""
 
     def __init__(self, out: TextIO, show_reasoning: bool):
         self.out, self.show_reasoning = out, show_reasoning
         self.in_reasoning = False
+        self.answer: list[str] = []
 
     def show(self, deltas: Iterable[ChatDelta]) -> None:
         for d in deltas:
@@ -99,6 +101,7 @@ class _Printer:
                     self.out.write("\n")
                     self.in_reasoning = False
                 self.out.write(d.content)
+                self.answer.append(d.content)
             for call in d.tool_calls:
                 self.out.write(f"[tool call {call.name or ''}] {call.arguments}")
         self.out.flush()

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gptoss_serve.tools.base import ToolOptions
 
+from gptoss_serve.engine.request import CHAT_TEMPERATURE
+
 
 # ---- make-checkpoint (owner: model/synthetic.py) -------------------------------------------------
 def _add_make_checkpoint(sub: argparse._SubParsersAction) -> None:
@@ -187,7 +189,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     a("--system", default=None, help="an instruction for the whole conversation")
     a("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     a("--max-tokens", type=_positive_int, default=1024, help="per answer (cut to the context)")
-    a("--temperature", type=float, default=0.7)
+    a("--temperature", type=float, default=CHAT_TEMPERATURE)
     a("--top-p", type=float, default=1.0)
     a("--seed", type=int, default=None)
     a("--show-reasoning", action="store_true", help="print the chain of thought, marked")

@@ -110,7 +110,7 @@ class LLM:
             results[r.request_id] = GenerationOutput(
                 r.request_id, list(r.prompt_token_ids),
                 [CompletionSequence(i, [], None, None) for i in range(r.sampling_params.n)])
-            self.engine.add_request(r)
+            self.engine.enqueue(r)  # validated above
         while self.engine.has_unfinished():
             for out in self.engine.step():
                 seq = results[out.request_id].outputs[out.index]

@@ -500,3 +500,37 @@ def test_responses_routes_need_the_key(serve):
     ok = http.post("/v1/responses", json={"model": MODEL, "input": "x"},
                    headers={"Authorization": "Bearer sekrit"})
     assert ok.status_code == 200
+
+
+def test_bodies_and_events_match_the_openapi_document(serve):
+    import jsonschema
+
+    python = FakePython()
+    script = by_prompt([("python to=assistant", PY_ANSWER), (None, PY_CALL)])
+    _, _, http = serve(script, tools={"code_interpreter": python})
+    doc = http.get("/openapi.json").json()
+
+    def check(path, method, status, body, media="application/json"):
+        declared = doc["paths"][path][method]["responses"]
+        declared = declared.get(str(status)) or declared[f"{str(status)[0]}XX"]
+        jsonschema.validate(body, {**declared["content"][media]["schema"],
+                                   "components": doc["components"]})
+
+    body = {"model": MODEL, "input": "x", "tools": [{"type": "code_interpreter"}],
+            "metadata": {"k": "v"}}
+    made = http.post("/v1/responses", json=body).json()
+    check("/v1/responses", "post", 200, made)
+    rid = made["id"]
+    for event in _sse_events(http, body):
+        check("/v1/responses", "post", 200, event, "text/event-stream")
+    check("/v1/responses/{response_id}", "get", 200, http.get(f"/v1/responses/{rid}").json())
+    check("/v1/responses/{response_id}/input_items", "get", 200,
+          http.get(f"/v1/responses/{rid}/input_items").json())
+    bad = http.post(f"/v1/responses/{rid}/cancel")
+    check("/v1/responses/{response_id}/cancel", "post", bad.status_code, bad.json())
+    check("/v1/responses/{response_id}", "delete", 200,
+          http.delete(f"/v1/responses/{rid}").json())
+    gone = http.get(f"/v1/responses/{rid}")
+    check("/v1/responses/{response_id}", "get", gone.status_code, gone.json())
+    with pytest.raises(jsonschema.ValidationError):  # the schema is closed: it would notice
+        check("/v1/responses", "post", 200, {**made, "surprise": 1})

@@ -184,6 +184,20 @@ def test_defaults_reach_the_engine(make_client):
     assert set(p.stop_token_ids) == {200002, 200012}
 
 
+def test_the_temperature_defaults_are_the_documented_ones(make_client):
+    """README: chat's default temperature is 0.7 (as the `chat` command's), completions' is
+    OpenAI's 1.0, as a bare SamplingParams'."""
+    from gptoss_serve.cli import build_parser
+    from gptoss_serve.engine.request import SamplingParams
+
+    client, engine = make_client("<|channel|>final<|message|>ok<|return|>")
+    body = {"model": BASE["model"], "prompt": "hi", "max_tokens": 2}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    assert engine.admitted[0].sampling_params.temperature == 1.0 == SamplingParams().temperature
+    args = build_parser().parse_args(["chat", "--model", "x"])
+    assert args.temperature == 0.7
+
+
 def test_fields_reach_the_engine(make_client):
     client, engine = make_client("<|channel|>final<|message|>ok<|return|>")
     body = {**BASE, "temperature": 0.3, "top_p": 0.9, "max_completion_tokens": 7, "max_tokens": 9,

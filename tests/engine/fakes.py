@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.engine.scheduler import SchedulerOutput
 from gptoss_serve.engine.sequence import SampledToken
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache
 
 VOCAB = 97
 

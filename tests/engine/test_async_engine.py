@@ -183,3 +183,27 @@ def test_any_error_adding_a_request_fails_that_request_alone():
 
     engine.engine.scheduler.add_request = picky
     _bad_then_good(engine, request("bad", range(5)), match="cannot prepare")
+
+
+def test_each_request_is_validated_once_on_every_path():
+    """AsyncEngine.generate and LLM.generate check a request once (LLMEngine.validate), not
+    again when it is queued (issue 16: it used to run three times per request)."""
+    llm = make_llm()
+    seen: list[str] = []
+    check = llm.engine.scheduler.validate
+    llm.engine.scheduler.validate = lambda req: (seen.append(req.request_id), check(req))[1]
+
+    async def main():
+        engine = AsyncEngine(llm.engine)
+        tokens = await collect(engine, request("a", range(5)))
+        await engine.shutdown()
+        return tokens
+
+    assert asyncio.run(main()) == reference(list(range(5)), 12)
+    assert seen == ["a"]
+    seen.clear()
+    outs = llm.generate([list(range(5)), list(range(7))], GREEDY)
+    assert len(seen) == 2 and [len(o.outputs[0].token_ids) for o in outs] == [12, 12]
+    with pytest.raises(ContextLengthError):  # still refused, before anything is queued
+        llm.generate([list(range(5)), [1] * 10**5], GREEDY)
+    assert not llm.engine.has_unfinished()

@@ -14,11 +14,11 @@ import torch
 from test_scheduler import BS, req, scripted_engine
 from test_scheduler_property import PREFIXES, few_examples, random_workloads, sliding_blocks
 
-from gptoss_serve.engine.forward_batch import ForwardBatch, SeqSlice
 from gptoss_serve.engine.persistent_batch import PersistentBatch, Stager
 from gptoss_serve.engine.scheduler import ScheduledSeq, SchedulerOutput
 from gptoss_serve.engine.sequence import RequestGroup, Sequence
 from gptoss_serve.errors import ContextLengthError
+from gptoss_serve.formats.forward_batch import ForwardBatch, SeqSlice
 
 
 def fresh(scheduled: list[ScheduledSeq]) -> ForwardBatch:

@@ -17,8 +17,8 @@ import torch
 from gptoss_serve import LLM, SamplingParams
 from gptoss_serve.config import CacheConfig, SchedulerConfig
 from gptoss_serve.engine.engine import LLMEngine
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.engine.static_decode import PaddedDecode, decode_batch_sizes
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.kernels.select import reference_kernels
 from gptoss_serve.model.synthetic import write_checkpoint
 from gptoss_serve.model.weights import load_model

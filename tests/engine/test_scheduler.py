@@ -194,11 +194,11 @@ def test_context_length_finishes_with_length():
 def test_a_prompt_that_can_never_fit_is_refused_with_numbers():
     sched = make_sched(max_len=8)
     with pytest.raises(ContextLengthError) as err:
-        sched.add_request(req("a", range(8)))
+        sched.validate(req("a", range(8)))
     assert (err.value.prompt_tokens, err.value.limit) == (8, 8)
     assert "8" in err.value.message
     with pytest.raises(InvalidRequestError):
-        sched.add_request(req("b", []))
+        sched.validate(req("b", []))
 
 
 def test_engine_limits_context_to_the_full_pool():

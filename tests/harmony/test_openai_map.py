@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,14 +14,25 @@ from gptoss_serve.harmony.parser import SPECIAL_NAME_RE
 TOOLS = ("get_weather", "shell")
 
 
+@dataclass
+class Message:
+    """The fields a client rebuilds from the deltas (`concat`), and the mapper's open_call."""
+
+    content: str | None
+    reasoning: str | None
+    tool_calls: list[dict]
+    open_call: bool
+
+
 def stream(token_ids, tools=TOOLS, chunk=1, reason="stop"):
-    """(deltas, mapper, finish_reason) feeding `chunk` tokens at a time."""
+    """(deltas, the message they make, finish_reason) feeding `chunk` tokens at a time."""
     mapper = ChatMapper(tools)
     deltas = []
     for i in range(0, len(token_ids), chunk):
         deltas += mapper.feed(token_ids[i:i + chunk])
     deltas += mapper.flush()
-    return deltas, mapper, mapper.finish(reason)
+    finish = mapper.finish(reason)
+    return deltas, Message(*concat(deltas), mapper.open_call), finish
 
 
 def concat(deltas):
@@ -36,80 +49,73 @@ def concat(deltas):
     return content, reasoning, [calls[i] for i in sorted(calls)]
 
 
-def assert_stream_equals_accumulated(deltas, mapper):
-    assert concat(deltas) == (mapper.content, mapper.reasoning, mapper.tool_calls)
-
-
 def test_analysis_to_reasoning_final_to_content(ids):
-    deltas, mapper, reason = stream(ids(
+    deltas, got, reason = stream(ids(
         "<|channel|>analysis<|message|>Think.<|end|>"
         "<|start|>assistant<|channel|>final<|message|>Answer.<|return|>"))
-    assert (mapper.reasoning, mapper.content, mapper.tool_calls, reason) == (
+    assert (got.reasoning, got.content, got.tool_calls, reason) == (
         "Think.", "Answer.", [], "stop")
-    assert_stream_equals_accumulated(deltas, mapper)
 
 
 def test_preamble_and_tool_call(ids):
-    deltas, mapper, reason = stream(ids(
+    deltas, got, reason = stream(ids(
         "<|channel|>commentary<|message|>Let me check.<|end|>"
         "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
         '<|message|>{"city": "Paris"}<|call|>'))
-    assert mapper.content == "Let me check." and reason == "tool_calls"
-    (call,) = mapper.tool_calls
+    assert got.content == "Let me check." and reason == "tool_calls"
+    (call,) = got.tool_calls
     assert call["name"] == "get_weather" and call["arguments"] == '{"city": "Paris"}'
     assert call["id"].startswith("call_")
     first = next(d for d in deltas if d.tool_calls).tool_calls[0]
     assert (first.index, first.id, first.name) == (0, call["id"], "get_weather")
-    assert_stream_equals_accumulated(deltas, mapper)
 
 
 def test_arguments_kept_exactly_as_written(ids):
     raw = '{ "city" :"Paris",\n  "unit":"c" }'
-    _, mapper, _ = stream(ids(f"<|channel|>commentary to=functions.get_weather<|message|>{raw}"
+    _, got, _ = stream(ids(f"<|channel|>commentary to=functions.get_weather<|message|>{raw}"
                               "<|call|>"))
-    assert mapper.tool_calls[0]["arguments"] == raw
+    assert got.tool_calls[0]["arguments"] == raw
 
 
 def test_two_calls_get_stable_indexes(ids):
-    deltas, mapper, reason = stream(ids(
+    deltas, got, reason = stream(ids(
         "<|channel|>commentary to=functions.shell json<|message|>{}<|end|>"
         "<|start|>assistant<|channel|>commentary to=functions.get_weather json<|message|>"
         '{"a":1}<|call|>'), chunk=3)
-    assert [c["name"] for c in mapper.tool_calls] == ["shell", "get_weather"]
-    assert len({c["id"] for c in mapper.tool_calls}) == 2 and reason == "tool_calls"
-    assert_stream_equals_accumulated(deltas, mapper)
+    assert [c["name"] for c in got.tool_calls] == ["shell", "get_weather"]
+    assert len({c["id"] for c in got.tool_calls}) == 2 and reason == "tool_calls"
 
 
 def test_call_closed_by_return_is_a_call(ids):
-    _, mapper, reason = stream(ids(
+    _, got, reason = stream(ids(
         "<|channel|>commentary to=functions.shell <|constrain|>json<|message|>{}<|return|>"))
-    assert mapper.tool_calls[0]["name"] == "shell" and reason == "tool_calls"
+    assert got.tool_calls[0]["name"] == "shell" and reason == "tool_calls"
 
 
 def test_unknown_function_is_text(ids):
-    _, mapper, reason = stream(ids(
+    _, got, reason = stream(ids(
         '<|channel|>commentary to=functions.delete_all json<|message|>{"x": 1}<|call|>'))
-    assert mapper.tool_calls == [] and mapper.content == '{"x": 1}' and reason == "stop"
+    assert got.tool_calls == [] and got.content == '{"x": 1}' and reason == "stop"
 
 
 def test_no_tools_declared_means_text(ids):
-    _, mapper, _ = stream(ids("<|channel|>commentary to=functions.get_weather<|message|>{}"
+    _, got, _ = stream(ids("<|channel|>commentary to=functions.get_weather<|message|>{}"
                               "<|call|>"), tools=())
-    assert mapper.tool_calls == [] and mapper.content == "{}"
+    assert got.tool_calls == [] and got.content == "{}"
 
 
 @pytest.mark.parametrize(("channel", "field"), [("analysis", "reasoning"),
                                                 ("commentary", "content")])
 def test_builtin_recipient_is_text(channel, field, ids):
-    _, mapper, _ = stream(ids(f"<|channel|>{channel} to=browser.search code<|message|>"
+    _, got, _ = stream(ids(f"<|channel|>{channel} to=browser.search code<|message|>"
                               '{"query": "x"}<|call|>'))
-    assert mapper.tool_calls == [] and getattr(mapper, field) == '{"query": "x"}'
+    assert got.tool_calls == [] and getattr(got, field) == '{"query": "x"}'
 
 
 def test_glued_content_type_is_sanitised(ids):
-    _, mapper, _ = stream(ids("<|channel|>commentary to=functions.shelljson<|message|>"
+    _, got, _ = stream(ids("<|channel|>commentary to=functions.shelljson<|message|>"
                               '{"cmd": "ls"}<|call|>'))
-    assert mapper.tool_calls[0]["name"] == "shell"
+    assert got.tool_calls[0]["name"] == "shell"
 
 
 def test_sanitising_rules():
@@ -123,44 +129,42 @@ def test_sanitising_rules():
 
 
 def test_empty_finished_call_gets_empty_object(ids):
-    deltas, mapper, _ = stream(ids("<|channel|>commentary to=functions.shell<|message|><|call|>"))
-    assert mapper.tool_calls[0]["arguments"] == "{}"
-    assert_stream_equals_accumulated(deltas, mapper)
+    deltas, got, _ = stream(ids("<|channel|>commentary to=functions.shell<|message|><|call|>"))
+    assert got.tool_calls[0]["arguments"] == "{}"
 
 
 def test_call_cut_by_length_is_not_a_finished_call(ids):
-    deltas, mapper, reason = stream(ids(
+    deltas, got, reason = stream(ids(
         '<|channel|>commentary to=functions.get_weather json<|message|>{"city": "Pa'),
         reason="length")
-    assert reason == "length" and mapper.open_call
-    assert mapper.tool_calls[0]["arguments"] == '{"city": "Pa'
-    assert_stream_equals_accumulated(deltas, mapper)
+    assert reason == "length" and got.open_call
+    assert got.tool_calls[0]["arguments"] == '{"city": "Pa'
 
 
 def test_cut_mid_reasoning_surfaces_it(ids):
-    _, mapper, reason = stream(ids("<|channel|>analysis<|message|>Half a thou"), reason="length")
-    assert mapper.reasoning == "Half a thou" and reason == "length"
+    _, got, reason = stream(ids("<|channel|>analysis<|message|>Half a thou"), reason="length")
+    assert got.reasoning == "Half a thou" and reason == "length"
 
 
 def test_several_messages_of_one_field_joined_in_stream(ids):
-    deltas, mapper, _ = stream(ids(
+    deltas, got, _ = stream(ids(
         "<|channel|>analysis<|message|>one<|end|><|start|>assistant<|channel|>analysis"
         "<|message|>two<|end|><|start|>assistant<|channel|>commentary<|message|>pre<|end|>"
         "<|start|>assistant<|channel|>final<|message|>ans<|return|>"))
-    assert (mapper.reasoning, mapper.content) == ("one\ntwo", "pre\nans")
-    assert_stream_equals_accumulated(deltas, mapper)
+    assert (got.reasoning, got.content) == ("one\ntwo", "pre\nans")
 
 
 def test_tools_offered_but_not_used(ids):
-    _, mapper, reason = stream(ids("<|channel|>final<|message|>Just text.<|return|>"))
-    assert (mapper.content, mapper.tool_calls, reason) == ("Just text.", [], "stop")
+    _, got, reason = stream(ids("<|channel|>final<|message|>Just text.<|return|>"))
+    assert (got.content, got.tool_calls, reason) == ("Just text.", [], "stop")
 
 
-def test_finish_without_flush_still_accumulates(tok):
+def test_half_a_character_comes_out_at_flush(tok):
     mapper = ChatMapper(TOOLS)
     emoji = [tok._enc.encode_single_token(bytes([b])) for b in "é".encode()]
-    mapper.feed([200005] + tok.encode("final") + [200008] + emoji[:1])
-    assert mapper.finish("length") == "length" and mapper.content == "\ufffd"
+    deltas = mapper.feed([200005] + tok.encode("final") + [200008] + emoji[:1])
+    deltas += mapper.flush()
+    assert mapper.finish("length") == "length" and concat(deltas)[0] == "\ufffd"
 
 
 _IDS = st.lists(st.one_of(st.integers(0, 199997), st.sampled_from(
@@ -172,7 +176,6 @@ _IDS = st.lists(st.one_of(st.integers(0, 199997), st.sampled_from(
 def test_random_streams_never_raise_or_leak(token_ids, chunk, reason):
     one = stream(token_ids, chunk=1, reason=reason)
     many = stream(token_ids, chunk=chunk, reason=reason)
-    assert_stream_equals_accumulated(one[0], one[1])
 
     def without_ids(calls):
         return [(c["name"], c["arguments"]) for c in calls]

@@ -223,13 +223,17 @@ def test_round_trip_render_then_parse():
     completion = full[len(prefix):-2]  # drop the final generation prompt <|start|>assistant
     assert full[:len(prefix)] == prefix
     mapper = ChatMapper(["get_current_weather"])
-    mapper.feed(completion)
+    deltas = mapper.feed(completion) + mapper.flush()
     assert mapper.finish("stop") == "tool_calls"
-    assert (mapper.reasoning, mapper.content) == ("Need weather.", "Checking.")
-    assert [(c["name"], c["arguments"]) for c in mapper.tool_calls] == [
-        ("get_current_weather", '{"location": "Paris"}')]
+    assert "".join(d.reasoning or "" for d in deltas) == "Need weather."
+    assert "".join(d.content or "" for d in deltas) == "Checking."
+    calls = [c for d in deltas for c in d.tool_calls]
+    assert [c.name for c in calls if c.id] == ["get_current_weather"]
+    assert "".join(c.arguments for c in calls) == '{"location": "Paris"}'
     final = render_chat([*user, {"role": "assistant", "content": "It is sunny."}],
                         RenderOptions()).token_ids
     plain = ChatMapper()
-    plain.feed(final[len(render_chat(user, RenderOptions()).token_ids):-2])
-    assert plain.content == "It is sunny." and plain.finish("stop") == "stop"
+    deltas = plain.feed(final[len(render_chat(user, RenderOptions()).token_ids):-2])
+    deltas += plain.flush()
+    assert "".join(d.content or "" for d in deltas) == "It is sunny."
+    assert plain.finish("stop") == "stop"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_serve.kernels import cpu_c, decode_cpu, greedy_cpu
+from gptoss_serve.kernels import cpu_c, decode_cpu, greedy_cpu, step
 
 SOURCES = sorted(p.name for p in cpu_c.CSRC.glob("*.c"))
 _CC = shutil.which(cpu_c.compile_command("x.c", Path("x"), False)[0])
@@ -114,12 +114,12 @@ def test_greedy_limits_and_row_stats_follow_the_c():
 def test_decode_tables_follow_the_c_enums():
     """Layer table columns, dims and constants: the names `decode_cpu` lays out exist on its
     side (LayerWeights' tensors, StepWeights' constants) in the order of the C enums."""
-    layer_fields = [f.name for f in dataclasses.fields(decode_cpu.LayerWeights)]
+    layer_fields = [f.name for f in dataclasses.fields(step.LayerWeights)]
     assert layer_fields == [*decode_cpu.TENSOR_FIELDS, "sliding", "window"]
     columns = decode_cpu._names("F_ATTN_NORM")
     assert columns[:len(decode_cpu.TENSOR_FIELDS)] == decode_cpu.TENSOR_FIELDS
     assert columns[len(decode_cpu.TENSOR_FIELDS):] == decode_cpu._LAYER_EXTRA
-    step_fields = {f.name for f in dataclasses.fields(decode_cpu.StepWeights)}
+    step_fields = {f.name for f in dataclasses.fields(step.StepWeights)}
     assert decode_cpu._names("K_EPS") == ("eps", "sm_scale", "swiglu_limit", "swiglu_alpha")
     assert set(decode_cpu._names("K_EPS")) <= step_fields
     assert len(decode_cpu._names("D_LAYERS")) == 17

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.kernels import decode_cpu
 from gptoss_serve.kernels.select import cpu_kernels, reference_kernels
 from gptoss_serve.model.gpt_oss import GptOssModel

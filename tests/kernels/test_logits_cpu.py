@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from gptoss_serve.config import ModelConfig
+from gptoss_serve.formats.mxfp4 import dequantize
 from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels import logits_cpu as lc
 from gptoss_serve.kernels.logits import logits_ref
 from gptoss_serve.kernels.select import choose_kernels
-from gptoss_serve.model.mxfp4 import dequantize
 from gptoss_serve.model.synthetic import write_checkpoint
 from gptoss_serve.model.weights import load_model
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gptoss_serve.formats.mxfp4 import dequantize
 from gptoss_serve.kernels.moe import ExpertWeights, moe_ref
 from gptoss_serve.kernels.moe_cpu import dense_experts_fit, dequantize_lut, moe_cpu
-from gptoss_serve.model.mxfp4 import dequantize
 
 E, H, INTER = 7, 96, 64
 

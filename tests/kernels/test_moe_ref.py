@@ -7,8 +7,8 @@ import torch
 from transformers import GptOssConfig
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
 
+from gptoss_serve.formats.mxfp4 import dequantize
 from gptoss_serve.kernels.moe import ExpertWeights, moe_ref, route
-from gptoss_serve.model.mxfp4 import dequantize
 
 E, H, INTER = 6, 64, 32
 

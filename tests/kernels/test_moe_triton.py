@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
+from gptoss_serve.formats.mxfp4 import quantize  # noqa: E402
 from gptoss_serve.kernels.moe import ExpertWeights, moe_ref, route  # noqa: E402
 from gptoss_serve.kernels.moe_gemv_triton import GemvTiles, moe_gemv  # noqa: E402
 from gptoss_serve.kernels.moe_triton import (  # noqa: E402
@@ -26,7 +27,6 @@ from gptoss_serve.kernels.moe_triton import (  # noqa: E402
     expert_tiles,
     moe_triton,
 )
-from gptoss_serve.model.mxfp4 import quantize  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = MoETiles(block_m=16, block_n=32, block_k=64)

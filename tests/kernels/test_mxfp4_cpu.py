@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gptoss_serve.formats.mxfp4 import dequantize
 from gptoss_serve.kernels import logits_cpu as lc
 from gptoss_serve.kernels import mxfp4_cpu as mc
 from gptoss_serve.kernels.moe import ExpertWeights, moe_ref
-from gptoss_serve.model.mxfp4 import dequantize
 
 
 @pytest.fixture(params=[1, 2])

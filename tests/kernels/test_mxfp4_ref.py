@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-from gptoss_serve.model.mxfp4 import FP4_VALUES, dequantize, pack_codes, quantize, unpack_codes
+from gptoss_serve.formats.mxfp4 import FP4_VALUES, dequantize, pack_codes, quantize, unpack_codes
 
 
 def test_worked_example_of_the_facts():

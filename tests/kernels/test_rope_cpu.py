@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gptoss_serve.kernels import rope_cpu
-from gptoss_serve.model.rope import apply_rotary
+from gptoss_serve.kernels.rope import apply_rotary
 
 
 @pytest.mark.parametrize("t,heads,d", [(1, 12, 64), (3, 5, 8), (rope_cpu.C_ROWS, 2, 128)])

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from gptoss_serve.kernels.rope_kv import rope_kv_write_ref  # noqa: E402
+from gptoss_serve.kernels.rope import rope_kv_write_ref  # noqa: E402
 from gptoss_serve.kernels.rope_triton import rope_kv_write_triton, write_kv_triton  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,19 +45,22 @@ def test_rotation_and_cache_write_match_reference(t, hq, hkv):
 
 
 def test_rotation_matches_model_rotary():
-    rope = pytest.importorskip("gptoss_serve.model.rope")
-    class Cfg:  # the ModelConfig fields yarn_inv_freq reads, at gpt-oss values
+    from gptoss_serve.formats import rope
+    from gptoss_serve.kernels.rope import apply_rotary
+
+    class Cfg:  # the ModelConfig fields Rotary reads, at gpt-oss values
         head_dim, rope_theta, rope_scaling_factor = 32, 150000.0, 32.0
         initial_context_length, rope_ntk_alpha, rope_ntk_beta = 4096, 1.0, 32.0
+        max_position_embeddings = 131072
 
     rot = rope.Rotary(Cfg(), DEV)
     q, k, v, _, _, _, kc, vc, slots = make(6, 4, 2, 32)
     positions = torch.tensor([0, 1, 7, 4095, 4096, 131071], device=DEV)
-    cos, sin = rot.cos_sin(torch.arange(131072, device=DEV), torch.float32)
+    cos, sin = rot.tables(torch.float32)
     q_got, k_got = rope_kv_write_triton(q, k, v, positions, cos, sin, kc, vc, slots)
     c, s = rot.cos_sin(positions, torch.float32)
-    torch.testing.assert_close(q_got, rope.apply_rotary(q, c, s), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(k_got, rope.apply_rotary(k, c, s), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q_got, apply_rotary(q, c, s), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k_got, apply_rotary(k, c, s), atol=1e-5, rtol=1e-5)
 
 
 def test_negative_slots_write_nothing():

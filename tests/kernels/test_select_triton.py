@@ -15,7 +15,7 @@ from gptoss_serve.errors import StartupError
 from gptoss_serve.kernels.attention import paged_attention_ref
 from gptoss_serve.kernels.moe import moe_ref
 from gptoss_serve.kernels.norm import rms_norm_ref
-from gptoss_serve.kernels.rope_kv import rope_kv_write_ref
+from gptoss_serve.kernels.rope import rope_kv_write_ref
 from gptoss_serve.kernels.select import choose_kernels
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import GptOssForCausalLM, Mxfp4Config
 
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.model.synthetic import write_checkpoint
 from gptoss_serve.model.weights import load_model
 

@@ -20,7 +20,7 @@ from gptoss_serve.errors import StartupError
 from gptoss_serve.kernels.attention import paged_attention_ref
 from gptoss_serve.kernels.moe import moe_ref
 from gptoss_serve.kernels.norm import rms_norm_ref
-from gptoss_serve.kernels.rope_kv import rope_kv_write_ref
+from gptoss_serve.kernels.rope import rope_kv_write_ref
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
 from gptoss_serve.model import weights
 from gptoss_serve.model.gpt_oss import GptOssModel
@@ -55,7 +55,7 @@ def test_triton_branch_wiring_matches_the_reference_forward():
     model.kernels = fused_style_kernels(calls)
     got = run_two_steps(model, config)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    tables = model.rope_inputs(None, torch.float32)
+    tables = model.kernels.rope_inputs(model.rotary, None, torch.float32)
     assert tables[0].shape == (config.max_position_embeddings, config.head_dim // 2)
     # per step: one plain norm (first block), then every later norm adds the residual
     per_step = ["norm"] + ["norm+res"] * (2 * config.num_hidden_layers)

@@ -10,7 +10,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.gpt_oss.modeling_gpt_oss import _apply_rotary_emb
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.model.rope import Rotary, apply_rotary, yarn_inv_freq
+from gptoss_serve.formats.rope import Rotary, yarn_inv_freq
+from gptoss_serve.kernels.rope import apply_rotary
 
 FACTS_INV_FREQ = [
     1, 0.689044, 0.474782, 0.327146, 0.225418, 0.155323, 0.107024, 0.0737446, 0.0508133,

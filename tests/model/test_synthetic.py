@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, SeqSlice
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, SeqSlice
 from gptoss_serve.model.synthetic import (
     PRESETS,
     original_config,

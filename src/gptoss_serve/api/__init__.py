@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP layer: `create_app(engine, config, tokenizer)` in app.py.
 
-Knows the engine only through `generate`, `abort` and `stats`, and harmony only through its
-renderer, tokenizer and `ChatMapper`.
+Knows the engine only through `generate` and `stats` (closing a generation aborts it), and
+harmony only through its renderer, tokenizer and `ChatMapper`.
 """

@@ -18,14 +18,25 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from gptoss_serve.api.bodies import (
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    CompletionChunk,
+    CompletionResponse,
+    DetokenizeResponse,
+    HealthResponse,
+    ModelCard,
+    ModelList,
+    TokenizeResponse,
+)
 from gptoss_serve.api.chat import create_chat_completion, render_messages
 from gptoss_serve.api.completions import create_completion
 from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
 from gptoss_serve.api.guard import Guard, error_response, open_paths
 from gptoss_serve.api.metrics import ServerMetrics
-from gptoss_serve.api.openapi import install, request_body
+from gptoss_serve.api.openapi import install, request_body, responses_of, schema_ref
 from gptoss_serve.api.responses import closing, responses_router, responses_service
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
@@ -97,37 +108,32 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _v1_router(ctx: ApiContext) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
-    @r.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
+    @r.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest),
+            responses=responses_of(ChatCompletionResponse, stream=ChatCompletionChunk))
     async def chat(request: Request) -> Response:
         return await create_chat_completion(ctx, request)
 
-    @r.post("/completions", openapi_extra=request_body(CompletionRequest))
+    @r.post("/completions", openapi_extra=request_body(CompletionRequest),
+            responses=responses_of(CompletionResponse, stream=CompletionChunk))
     async def completions(request: Request) -> Response:
         return await create_completion(ctx, request)
 
-    @r.get("/models")
-    async def models() -> dict[str, Any]:
+    @r.get("/models", responses=responses_of(ModelList))
+    async def models() -> Response:
         cards = [_model_card(ctx, n) for n in ctx.config.served_model_names]
-        return {"object": "list", "data": cards}
+        return JSONResponse(ModelList(object="list", data=cards).body())
 
-    @r.get("/models/{model_id:path}")
-    async def model(model_id: str) -> dict[str, Any]:
+    @r.get("/models/{model_id:path}", responses=responses_of(ModelCard))
+    async def model(model_id: str) -> Response:
         ctx.check_model(model_id)
-        return _model_card(ctx, model_id)
+        return JSONResponse(_model_card(ctx, model_id).body())
 
     return r
 
 
-def _model_card(ctx: ApiContext, name: str) -> dict[str, Any]:
-    return {
-        "id": name,
-        "object": "model",
-        "created": _STARTED,
-        "owned_by": "gptoss-serve",
-        "root": name,
-        "parent": None,
-        "max_model_len": ctx.engine.max_model_len,
-    }
+def _model_card(ctx: ApiContext, name: str) -> ModelCard:
+    return ModelCard(id=name, object="model", created=_STARTED, owned_by="gptoss-serve",
+                     root=name, parent=None, max_model_len=ctx.engine.max_model_len)
 
 
 _STARTED = int(time.time())
@@ -137,44 +143,50 @@ _STARTED = int(time.time())
 def _plain_router(ctx: ApiContext) -> APIRouter:
     r = APIRouter()
 
-    @r.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
-    async def tokenize(request: Request) -> dict[str, Any]:
+    @r.post("/tokenize", openapi_extra=request_body(TokenizeRequest),
+            responses=responses_of(TokenizeResponse))
+    async def tokenize(request: Request) -> Response:
         req = await off_loop(parse_body, TokenizeRequest, await request.body())
         ctx.check_model(req.model)
-        return await off_loop(_tokenize, ctx, req)
+        return JSONResponse((await off_loop(_tokenize, ctx, req)).body())
 
-    @r.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
-    async def detokenize(request: Request) -> dict[str, Any]:
+    @r.post("/detokenize", openapi_extra=request_body(DetokenizeRequest),
+            responses=responses_of(DetokenizeResponse))
+    async def detokenize(request: Request) -> Response:
         req = await off_loop(parse_body, DetokenizeRequest, await request.body())
         ctx.check_model(req.model)
         check_token_ids(req.tokens, ctx.tokenizer.vocab_size, "tokens")
-        return {"prompt": await off_loop(ctx.tokenizer.decode, req.tokens)}
+        text = await off_loop(ctx.tokenizer.decode, req.tokens)
+        return JSONResponse(DetokenizeResponse(prompt=text).body())
 
-    @r.get("/health")
+    health_doc = {"content": {"application/json": {"schema": schema_ref(HealthResponse)}}}
+    health_responses: dict[int | str, Any] = {
+        200: {"description": "The engine is running.", **health_doc},
+        503: {"description": "The engine died.", **health_doc}}
+
+    @r.get("/health", responses=health_responses)
     async def health() -> Response:
         if ctx.engine.is_dead:
             headers = {"Retry-After": str(EngineDeadError.retry_after)}
-            return JSONResponse({"status": "engine dead"}, status_code=503, headers=headers)
-        return JSONResponse({"status": "ok"})
+            body = HealthResponse(status="engine dead").body()
+            return JSONResponse(body, status_code=503, headers=headers)
+        return JSONResponse(HealthResponse(status="ok").body())
 
-    @r.get("/metrics")
+    @r.get("/metrics", response_class=PlainTextResponse,
+           responses={200: {"description": "Prometheus text format 0.0.4."}})
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=PROMETHEUS_TYPE)
 
     return r
 
 
-def _tokenize(ctx: ApiContext, req: TokenizeRequest) -> dict[str, Any]:
+def _tokenize(ctx: ApiContext, req: TokenizeRequest) -> TokenizeResponse:
     if req.messages is not None:
         tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
         ids = render_messages(ctx, req.messages, req.reasoning_effort, tools).token_ids
     else:
         ids = ctx.tokenizer.encode(req.prompt or "")
     strs = [ctx.tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
-    return {
-        "count": len(ids),
-        "max_model_len": ctx.engine.max_model_len,
-        "tokens": list(ids),
-        "token_strs": strs,
-    }
+    return TokenizeResponse(count=len(ids), max_model_len=ctx.engine.max_model_len,
+                            tokens=list(ids), token_strs=strs)
 

@@ -8,6 +8,7 @@ per-choice mapping (reasoning, content, tool calls, stop strings) is `api/choice
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -16,6 +17,17 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gptoss_serve.api.bodies import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionResponse,
+    ChoiceLogprobs,
+    CompletionTokensDetails,
+    DeltaMessage,
+    PromptTokensDetails,
+    Usage,
+)
 from gptoss_serve.api.chat_tools import builtin_types, create_chat_with_tools
 from gptoss_serve.api.choice import ChoiceState
 from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
@@ -111,7 +123,6 @@ class ChatRun:
     def __init__(self, ctx: ApiContext, req: ChatCompletionRequest, engine_req: EngineRequest,
                  names: list[str]):
         self.id = engine_req.request_id
-        self._engine = ctx.engine
         self.created = int(time.time())
         self.model = req.model
         self.req = req
@@ -129,14 +140,12 @@ class ChatRun:
             for i in range(req.n)
         ]
 
-    def abort(self) -> None:
-        self._engine.abort(self.id)
-
     async def _steps(
         self, outputs: AsyncGenerator[StepOutput, None]
     ) -> AsyncIterator[tuple[ChoiceState, list[dict[str, Any]]]]:
-        """(choice, its new deltas) per engine output until every choice is done."""
-        try:
+        """(choice, its new deltas) per engine output until every choice is done. Closes
+        `outputs` however it ends (which aborts the engine request if choices ended early)."""
+        async with contextlib.aclosing(outputs):
             async for out in outputs:
                 self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
                 state = self.choices[out.index]
@@ -144,80 +153,59 @@ class ChatRun:
                     yield state, state.consume(out)
                 if all(c.done for c in self.choices):
                     break
-        finally:
-            await outputs.aclose()  # aborts the engine request if choices ended early
         for state in self.choices:  # the engine ended without a finish (should not happen)
             if not state.done:
                 yield state, state.finish(None)
 
     # ---- non-streaming -----------------------------------------------------------------------
     async def collect(self, outputs: AsyncGenerator[StepOutput, None]) -> dict[str, Any]:
-        async for _ in self._steps(outputs):
-            pass
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [self._choice(c) for c in self.choices],
-            "usage": self.usage(),
-        }
+        async with contextlib.aclosing(self._steps(outputs)) as steps:
+            async for _ in steps:
+                pass
+        return ChatCompletionResponse(
+            id=self.id, object="chat.completion", created=self.created, model=self.model,
+            choices=[self._choice(c) for c in self.choices], usage=self.usage()).body()
 
-    def _choice(self, c: ChoiceState) -> dict[str, Any]:
-        logprobs = {"content": c.logprobs} if self.req.logprobs else None
-        return {
-            "index": c.index,
-            "message": c.message(),
-            "logprobs": logprobs,
-            "finish_reason": c.finish_reason,
-        }
+    def _choice(self, c: ChoiceState) -> ChatCompletionChoice:
+        logprobs = ChoiceLogprobs(content=c.logprobs) if self.req.logprobs else None
+        return ChatCompletionChoice(index=c.index, message=c.message(), logprobs=logprobs,
+                                    finish_reason=c.finish_reason)
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> Usage:
         completion = sum(c.completion_tokens for c in self.choices)
-        return {
-            "prompt_tokens": self.num_prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.num_prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens},
-            "completion_tokens_details": {
-                "reasoning_tokens": sum(c.reasoning_tokens for c in self.choices)
-            },
-        }
+        reasoning = sum(c.reasoning_tokens for c in self.choices)
+        return Usage(prompt_tokens=self.num_prompt_tokens, completion_tokens=completion,
+                     total_tokens=self.num_prompt_tokens + completion,
+                     prompt_tokens_details=PromptTokensDetails(
+                         cached_tokens=self.num_cached_tokens),
+                     completion_tokens_details=CompletionTokensDetails(
+                         reasoning_tokens=reasoning))
 
     # ---- streaming ---------------------------------------------------------------------------
-    async def chunks(self, outputs: AsyncGenerator[StepOutput, None]) -> AsyncIterator[dict]:
-        for c in self.choices:
-            yield self._chunk(c.index, {"role": "assistant", "content": ""})
-        async for state, deltas in self._steps(outputs):
-            for delta in deltas:
-                yield self._chunk(state.index, delta, state.take_logprobs())
-            if state.done:
-                yield self._chunk(state.index, {}, state.take_logprobs(), state.finish_reason)
+    async def chunks(self, outputs: AsyncGenerator[StepOutput, None]
+                     ) -> AsyncGenerator[dict[str, Any], None]:
+        async with contextlib.aclosing(outputs), contextlib.aclosing(self._steps(outputs)) as steps:
+            for c in self.choices:
+                yield self._chunk(c.index, {"role": "assistant", "content": ""})
+            async for state, deltas in steps:
+                for delta in deltas:
+                    yield self._chunk(state.index, delta, state.take_logprobs())
+                if state.done:
+                    yield self._chunk(state.index, {}, state.take_logprobs(), state.finish_reason)
         if self.req.include_usage():
-            yield {**self._envelope(), "choices": [], "usage": self.usage()}
+            yield self._chunk_of([], usage=self.usage())
 
-    def _envelope(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-        }
+    def _chunk_of(self, choices: list[ChatCompletionChunkChoice], **usage: Usage | None
+                  ) -> dict[str, Any]:
+        """The chunk's body; `usage` given (None but on the last) only when asked for."""
+        return ChatCompletionChunk(id=self.id, object="chat.completion.chunk",
+                                   created=self.created, model=self.model, choices=choices,
+                                   **usage).body()
 
-    def _chunk(
-        self,
-        index: int,
-        delta: dict[str, Any],
-        logprobs: list[dict[str, Any]] | None = None,
-        finish_reason: str | None = None,
-    ) -> dict[str, Any]:
-        choice = {
-            "index": index,
-            "delta": delta,
-            "logprobs": {"content": logprobs} if logprobs is not None else None,
-            "finish_reason": finish_reason,
-        }
-        chunk = {**self._envelope(), "choices": [choice]}
-        if self.req.include_usage():
-            chunk["usage"] = None
-        return chunk
+    def _chunk(self, index: int, delta: dict[str, Any],
+               logprobs: list[dict[str, Any]] | None = None, finish_reason: str | None = None
+               ) -> dict[str, Any]:
+        lp = ChoiceLogprobs(content=logprobs) if logprobs is not None else None
+        choice = ChatCompletionChunkChoice(index=index, delta=DeltaMessage.model_validate(delta),
+                                           logprobs=lp, finish_reason=finish_reason)
+        return self._chunk_of([choice], **({"usage": None} if self.req.include_usage() else {}))

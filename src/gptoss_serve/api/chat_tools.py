@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -90,7 +90,7 @@ async def create_chat_with_tools(ctx: ApiContext, request: Request, req: ChatCom
     run.task = asyncio.ensure_future(_execute(loop, outputs))
     view = ChatView(run, req, ctx.config.reasoning_content_alias)
     if req.stream:
-        return sse_response(view.chunks(), on_close=run.task.cancel)
+        return sse_response(view.chunks())  # closing it (client gone) cancels the run
     if await unless_disconnected(request, asyncio.shield(run.task)) is None and not run.done:
         run.task.cancel()
         return Response(status_code=499)
@@ -177,7 +177,15 @@ class ChatView:
             chunk["usage"] = None
         return chunk
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncGenerator[dict[str, Any], None]:
+        try:
+            async for chunk in self._chunks():
+                yield chunk
+        finally:
+            if self.run.task is not None:
+                self.run.task.cancel()  # a no-op once the run is done
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         yield self._chunk({"role": "assistant", "content": ""})
         seen: set[str] = set()  # kinds of text already sent (the next item starts with "\n")
         calls: dict[int, int] = {}  # output index -> tool_calls index

@@ -3,7 +3,9 @@
 Owns the per-choice rules of the chat API: harmony mapping (`harmony.openai_map.ChatMapper`),
 stop strings on the answer text, reasoning-token counting, content logprobs and the finish reason.
 Streaming sends `consume()`'s deltas as they come; non-streaming sends `message()` built from the
-very same deltas, so the two agree by construction. Knows nothing of HTTP or the engine's insides.
+very same deltas, so the two agree by construction. The one owner of a choice's output (content
+after stop strings, reasoning, tool calls): the mapper below keeps none of it. Knows nothing of
+HTTP or the engine's insides.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ insides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -17,6 +18,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gptoss_serve.api.bodies import (
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionResponse,
+    Usage,
+)
 from gptoss_serve.api.context import (
     ApiContext,
     check_token_ids,
@@ -178,38 +186,39 @@ class CompletionRun:
     def _echo(self, r: EngineRequest) -> str:
         return self.ctx.tokenizer.decode(r.prompt_token_ids) if self.req.echo else ""
 
-    def abort(self) -> None:
-        for r in self.engine_reqs:
-            self.ctx.engine.abort(r.request_id)
-
     async def _steps(
         self, outputs: AsyncGenerator[tuple[int, StepOutput], None]
     ) -> AsyncIterator[tuple[TextChoice, str]]:
-        try:
+        """(choice, its new text) per engine output until every choice is done. Closes
+        `outputs` however it ends (which aborts engine requests not finished)."""
+        async with contextlib.aclosing(outputs):
             async for p, out in outputs:
                 choice = self.choices[p * self.req.n + out.index]
                 if choice.finish_reason is None:
                     yield choice, choice.consume(out)
                 if all(c.finish_reason is not None for c in self.choices):
                     break
-        finally:
-            await outputs.aclose()
 
     async def collect(self, outputs: AsyncGenerator[tuple[int, StepOutput], None]) -> dict:
-        async for _ in self._steps(outputs):
-            pass
+        async with contextlib.aclosing(self._steps(outputs)) as steps:
+            async for _ in steps:
+                pass
         choices = [self._choice(c, c.text, c.logprobs, c.finish_reason) for c in self.choices]
-        return {**self._envelope(), "choices": choices, "usage": self.usage()}
+        return CompletionResponse(id=self.id, object="text_completion", created=self.created,
+                                  model=self.req.model, choices=choices,
+                                  usage=self.usage()).body()
 
-    async def chunks(self, outputs: AsyncGenerator[tuple[int, StepOutput], None]) -> AsyncIterator:
+    async def chunks(self, outputs: AsyncGenerator[tuple[int, StepOutput], None]
+                     ) -> AsyncGenerator[dict[str, Any], None]:
         sent = {c.index: 0 for c in self.choices}
-        for c in self.choices:
-            if c.text:  # echo
-                yield self._chunk(c, c.text, sent)
-        async for c, text in self._steps(outputs):
-            yield self._chunk(c, text, sent)
+        async with contextlib.aclosing(outputs), contextlib.aclosing(self._steps(outputs)) as steps:
+            for c in self.choices:
+                if c.text:  # echo
+                    yield self._chunk(c, c.text, sent)
+            async for c, text in steps:
+                yield self._chunk(c, text, sent)
         if self.req.include_usage():
-            yield {**self._envelope(), "choices": [], "usage": self.usage()}
+            yield self._chunk_of([], usage=self.usage())
 
     def _chunk(self, c: TextChoice, text: str, sent: dict[int, int]) -> dict[str, Any]:
         """A chunk with new text and the logprobs not sent yet."""
@@ -217,25 +226,23 @@ class CompletionRun:
         if self.req.logprobs is not None:
             start, sent[c.index] = sent[c.index], len(c.logprobs["tokens"])
             lp = {k: v[start:] for k, v in c.logprobs.items()}
-        chunk = {**self._envelope(), "choices": [self._choice(c, text, lp, c.finish_reason)]}
-        if self.req.include_usage():
-            chunk["usage"] = None
-        return chunk
+        usage = {"usage": None} if self.req.include_usage() else {}
+        return self._chunk_of([self._choice(c, text, lp, c.finish_reason)], **usage)
 
-    def _choice(self, c: TextChoice, text: str, lp: Any, reason: str | None) -> dict[str, Any]:
-        lp = lp if self.req.logprobs is not None else None
-        return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": reason}
+    def _chunk_of(self, choices: list[CompletionChoice], **usage: Usage | None
+                  ) -> dict[str, Any]:
+        """The chunk's body; `usage` given (None but on the last) only when asked for."""
+        return CompletionChunk(id=self.id, object="text_completion", created=self.created,
+                               model=self.req.model, choices=choices, **usage).body()
 
-    def _envelope(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "object": "text_completion", "created": self.created,
-            "model": self.req.model,
-        }
+    def _choice(self, c: TextChoice, text: str, lp: dict[str, list[Any]] | None,
+                reason: str | None) -> CompletionChoice:
+        logprobs = CompletionLogprobs(**lp) if lp is not None and self.req.logprobs is not None \
+            else None
+        return CompletionChoice(index=c.index, text=text, logprobs=logprobs, finish_reason=reason)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> Usage:
         prompt = sum(len(r.prompt_token_ids) for r in self.engine_reqs)
         completion = sum(c.completion_tokens for c in self.choices)
-        return {
-            "prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+        return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                     total_tokens=prompt + completion)

@@ -1,16 +1,18 @@
 """What every handler shares: the engine, server config, tokenizer, metrics, and request checks.
 
 Owns the checks that are the same for chat and completions (served model name, queue limit,
-context length, sampling parameters) and the generation driver that records metrics and aborts
-the engine request however the handler stops listening. Knows nothing of harmony mapping,
-response shapes or HTTP routing; sees the engine only through `generate`, `abort` and `stats`.
+context length, sampling parameters) and the generation driver that records metrics and closes
+the engine's generator however the handler stops listening (which aborts the engine request:
+the engine's generator is the one place that does). Knows nothing of harmony mapping, response
+shapes or HTTP routing; sees the engine only through `generate` and `stats`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -42,8 +44,7 @@ class Engine(Protocol):
     max_model_len: int
     model_config: Any
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]: ...
-    def abort(self, request_id: str) -> None: ...
+    def generate(self, request: EngineRequest) -> AsyncGenerator[StepOutput, None]: ...
     def stats(self) -> EngineStats: ...
     @property
     def is_dead(self) -> bool: ...
@@ -104,22 +105,22 @@ class ApiContext:
 
     # ---- generation --------------------------------------------------------------------------
     async def generate(self, request: EngineRequest) -> AsyncIterator[StepOutput]:
-        """engine.generate with metrics and the queue limit; the engine request is aborted if
-        iteration stops early."""
+        """engine.generate with metrics and the queue limit. Closing this generator closes the
+        engine's at once, and the engine's generator is the one owner of aborting: closed
+        before every sequence finished, it aborts the request (no handler calls abort)."""
         self.check_capacity()
         timer = self.metrics.timer(len(request.prompt_token_ids))
         remaining = set(range(request.sampling_params.n))
         reason = "abort"
         try:
-            async for out in self.engine.generate(request):
-                timer.tokens(len(out.new_token_ids))
-                if out.finished:
-                    remaining.discard(out.index)
-                    reason = out.finish_reason or reason
-                yield out
+            async with contextlib.aclosing(self.engine.generate(request)) as outputs:
+                async for out in outputs:
+                    timer.tokens(len(out.new_token_ids))
+                    if out.finished:
+                        remaining.discard(out.index)
+                        reason = out.finish_reason or reason
+                    yield out
         finally:
-            if remaining:
-                self.engine.abort(request.request_id)
             timer.done(reason if not remaining else "abort")
 
 

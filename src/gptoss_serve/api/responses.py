@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gptoss_serve.api.context import ApiContext, off_loop
-from gptoss_serve.api.openapi import request_body
+from gptoss_serve.api.openapi import request_body, responses_of
+from gptoss_serve.api.response_bodies import (
+    DeletedResponse,
+    InputItemList,
+    ResponseObject,
+    ResponseStreamEvent,
+)
 from gptoss_serve.api.response_constraint import run_constraint
 from gptoss_serve.api.response_input import turn_input
 from gptoss_serve.api.response_output import item_id
@@ -311,29 +317,41 @@ async def _replay(events: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]
         yield event
 
 
-def event_stream(events: AsyncIterator[dict[str, Any]], on_close: Any) -> StreamingResponse:
-    """Responses SSE: `event: TYPE` + `data: JSON` per event, no [DONE]."""
-    return sse_response(events, on_close, framing=typed_frame, done="")
+def event_stream(events: AsyncIterator[dict[str, Any]],
+                 on_close: Callable[[], Any]) -> StreamingResponse:
+    """Responses SSE: `event: TYPE` + `data: JSON` per event, no [DONE]; `on_close` runs however
+    the stream ends (a foreground run is cancelled when its client leaves)."""
+
+    async def closing_events() -> AsyncGenerator[dict[str, Any], None]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            on_close()
+
+    return sse_response(closing_events(), framing=typed_frame, done="")
 
 
 # ---- routes ----------------------------------------------------------------------------------
 def responses_router(service: ResponsesService) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
-    @r.post("/responses", openapi_extra=request_body(ResponsesRequest))
+    @r.post("/responses", openapi_extra=request_body(ResponsesRequest),
+            responses=responses_of(ResponseObject, stream=ResponseStreamEvent))
     async def create(request: Request) -> Response:
         return await service.create(request)
 
-    @r.get("/responses/{response_id}")
+    @r.get("/responses/{response_id}",
+           responses=responses_of(ResponseObject, stream=ResponseStreamEvent))
     async def retrieve(response_id: str, stream: bool = False,
                        starting_after: int | None = None) -> Response:
         return service.retrieve(response_id, stream, starting_after)
 
-    @r.delete("/responses/{response_id}")
+    @r.delete("/responses/{response_id}", responses=responses_of(DeletedResponse))
     async def delete(response_id: str) -> dict[str, Any]:
         return await service.delete(response_id)
 
-    @r.get("/responses/{response_id}/input_items")
+    @r.get("/responses/{response_id}/input_items", responses=responses_of(InputItemList))
     async def input_items(response_id: str, order: str = "desc", after: str | None = None,
                           limit: int = 20) -> dict[str, Any]:
         if order not in ("asc", "desc"):
@@ -342,7 +360,7 @@ def responses_router(service: ResponsesService) -> APIRouter:
             raise InvalidRequestError(f"limit must be in [1, {MAX_LIST_LIMIT}]", param="limit")
         return service.input_items(response_id, order, after, limit)
 
-    @r.post("/responses/{response_id}/cancel")
+    @r.post("/responses/{response_id}/cancel", responses=responses_of(ResponseObject))
     async def cancel(response_id: str) -> dict[str, Any]:
         return await service.cancel(response_id)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gptoss_serve.engine.request import CHAT_TEMPERATURE, DEFAULT_TEMPERATURE
 from gptoss_serve.errors import InvalidRequestError
 
 MAX_STOP_STRINGS = 4
@@ -178,7 +179,7 @@ class ChatCompletionRequest(_SamplingFields, _StructuredFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    temperature: float = Field(default=CHAT_TEMPERATURE, ge=0.0, le=2.0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     reasoning_effort: Literal["low", "medium", "high"] = "medium"
@@ -210,7 +211,7 @@ TokenIds = list[Annotated[int, Field(ge=0, le=MAX_COUNT)]]
 class CompletionRequest(_SamplingFields, _StructuredFields):
     prompt: str | list[str] | TokenIds | list[TokenIds]
     max_tokens: Count = 16
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     suffix: str | None = None

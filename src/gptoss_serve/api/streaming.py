@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -105,20 +105,19 @@ async def merge(gens: list[AsyncGenerator[T, None]]) -> AsyncGenerator[T, None]:
 class Run(Protocol):
     """One request in flight, as the handlers build it (api/chat.py, api/completions.py)."""
 
-    def chunks(self, outputs: Any) -> AsyncIterator[dict[str, Any]]: ...
+    def chunks(self, outputs: Any) -> AsyncGenerator[dict[str, Any], None]: ...
 
     async def collect(self, outputs: Any) -> dict[str, Any]: ...
-
-    def abort(self) -> None: ...
 
 
 async def respond(request: Request, started: Awaitable[Any], run: Run, stream: bool) -> Response:
     """Wait for admission (`started`: the primed outputs) unless the client leaves, then stream
-    the run's chunks as server-sent events (aborting when the stream closes) or send its body."""
+    the run's chunks as server-sent events or send its body. Either way the outputs are closed
+however the response ends, which aborts an unfinished engine request (`AsyncEngine.generate`)."""
     outputs = await unless_disconnected(request, started)
     if outputs is None:  # the client left while the request was queued
         return Response(status_code=499)
     if stream:
-        return sse_response(run.chunks(outputs), on_close=run.abort)
+        return sse_response(run.chunks(outputs))
     body = await unless_disconnected(request, run.collect(outputs))
     return JSONResponse(body) if body is not None else Response(status_code=499)

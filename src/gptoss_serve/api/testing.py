@@ -74,13 +74,16 @@ class FakeEngine:
         if self.dead:
             raise EngineDeadError("the engine is not running")
         self.admitted.append(request)
-        await self._wait_gate()
-        self._running += 1
         try:
-            async for out in self._replay(request):
-                yield out
-        finally:
-            self._running -= 1
+            await self._wait_gate()
+            self._running += 1
+            try:
+                async for out in self._replay(request):
+                    yield out
+            finally:
+                self._running -= 1
+        finally:  # as AsyncEngine.generate: closed before the end, the request is aborted
+            self.abort(request.request_id)
 
     async def _wait_gate(self) -> None:
         if self.gate is None:

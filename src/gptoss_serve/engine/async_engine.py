@@ -179,7 +179,7 @@ class AsyncEngine:
             aborts, self._aborts = self._aborts, set()
         for request in inbox:
             try:
-                self.engine.add_request(request)
+                self.engine.enqueue(request)  # validated in `generate`
             except GptOssServeError as exc:
                 self._send(request.request_id, exc)
             except Exception as exc:  # a request that cannot be admitted fails alone

@@ -68,7 +68,9 @@ class LLMEngine:
                               cuda_graphs=cuda_graphs)
 
     def validate(self, request: EngineRequest) -> None:
-        """Raise the typed error add_request would raise, without queueing anything."""
+        """Raise the typed error for a request that can never run, without queueing anything:
+        the one check of a request (token ids, `Scheduler.validate`, sampling parameters), run
+        once per request by whoever takes it in (`add_request`, or the caller of `enqueue`)."""
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt_token_ids):
             raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
@@ -79,7 +81,13 @@ class LLMEngine:
             raise InvalidRequestError(str(exc)) from None
 
     def add_request(self, request: EngineRequest) -> None:
+        """`validate` the request, then `enqueue` it."""
         self.validate(request)
+        self.enqueue(request)
+
+    def enqueue(self, request: EngineRequest) -> None:
+        """Queue a request that `validate` accepted (the caller validated it: the async engine
+        at `generate`, `LLM.generate` before the whole batch, the chat REPL)."""
         self.scheduler.add_request(request)
 
     def abort(self, request_id: str) -> None:

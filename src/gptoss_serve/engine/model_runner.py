@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from gptoss_serve.config import CacheConfig, ModelConfig, SchedulerConfig
-from gptoss_serve.engine.forward_batch import KVCache
 from gptoss_serve.engine.persistent_batch import PersistentBatch
 from gptoss_serve.engine.sampler import Sampler, SamplingRow, noise_key
 from gptoss_serve.engine.scheduler import SchedulerOutput
 from gptoss_serve.engine.sequence import SampledToken, Sequence
 from gptoss_serve.engine.static_decode import PaddedDecode, decode_batch_sizes
 from gptoss_serve.errors import StartupError
+from gptoss_serve.formats.forward_batch import KVCache
 from gptoss_serve.kernels.cpu_threads import step_threads
 
 log = logging.getLogger(__name__)

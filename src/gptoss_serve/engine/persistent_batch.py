@@ -33,8 +33,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gptoss_serve.engine.forward_batch import ForwardBatch, PoolView
 from gptoss_serve.engine.sequence import Sequence
+from gptoss_serve.formats.forward_batch import ForwardBatch, PoolView
 
 
 class Scheduled(Protocol):

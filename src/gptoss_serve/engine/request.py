@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gptoss_serve.engine.constraint import ConstraintFactory
 
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's default: SamplingParams and /v1/completions
+CHAT_TEMPERATURE = 0.7  # the chat surfaces' default: /v1/chat/completions, `chat` (REPL and flag)
 MIN_TEMPERATURE = 1e-5  # below this a temperature is greedy (vLLM's epsilon); 5e-324 is 0 in fp32
 
 
@@ -20,7 +22,7 @@ MIN_TEMPERATURE = 1e-5  # below this a temperature is greedy (vLLM's epsilon); 5
 class SamplingParams:
     """How to sample one request. Ranges are validated by the API layer; the engine trusts them."""
 
-    temperature: float = 1.0  # 0 means greedy; so does anything below MIN_TEMPERATURE
+    temperature: float = DEFAULT_TEMPERATURE  # 0 is greedy, as is anything below MIN_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: disabled
     min_p: float = 0.0

@@ -75,8 +75,8 @@ class Scheduler:
 
     # ---- requests ------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
-        """Queue a request's n sequences; refuse one that can never fit (typed errors)."""
-        self.validate(request)
+        """Queue a request's n sequences. The request was validated once, before (`validate`,
+        through `LLMEngine.validate`); only a request id in use is refused here."""
         if request.request_id in self.groups:
             raise InvalidRequestError(f"request id {request.request_id!r} is already in use")
         group = self._group(request)
@@ -217,9 +217,7 @@ class Scheduler:
         return outputs
 
     def _append(self, seq: Sequence, tok: SampledToken) -> StepOutput:
-        seq.token_ids.append(tok.token_id)
-        if tok.logprob is not None:
-            seq.logprobs.append(tok.logprob)
+        seq.token_ids.append(tok.token_id)  # its logprob goes out in the StepOutput only
         reason = self._finish_reason(seq)
         if reason is not None:
             self._finish(seq, reason)

@@ -63,7 +63,6 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
-    logprobs: list[TokenLogprob] = field(default_factory=list)
     admitted_once: bool = False
     constraint: TokenConstraint | None = None  # made from params.constraint when first sampled
 

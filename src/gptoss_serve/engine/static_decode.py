@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache, PoolView, SeqSlice
 from gptoss_serve.engine.persistent_batch import Stager
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache, PoolView, SeqSlice
 from gptoss_serve.kernels.cuda_graph import DEFAULT_BATCH_SIZES, DecodeGraphs
 
 PAD_TOKEN, PAD_POSITION, PAD_SEQ_LEN, PAD_SLOT, PAD_BLOCK = 0, 0, 1, -1, 0

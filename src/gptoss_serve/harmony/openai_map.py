@@ -8,7 +8,8 @@ Owns the mapping rules (docs/model-facts.md §6.1, docs/guards.md 3-11):
 - any other recipient (unknown function, `browser.*`, `python`, ...) -> text: reasoning on the
   analysis channel, content elsewhere; a message the model wrote as another author -> content;
 - several messages of one field are joined with "\\n", sent as part of the stream, so the
-  concatenated deltas always equal the accumulated non-streaming fields.
+  concatenated deltas are the whole field (the mapper accumulates no text: its consumer, e.g.
+  `api/choice.py: ChoiceState`, is the one owner of the output, built from these deltas).
 - Length cut inside a tool call: the partial call stays in `tool_calls` (it was already streamed,
   and streaming must equal non-streaming), `open_call` is True and the finish reason is "length",
   never "tool_calls", so no client takes it for a finished call.
@@ -72,26 +73,19 @@ def declared_tool_name(recipient: str | None, declared: set[str]) -> str | None:
 
 
 class ChatMapper:
-    """Token ids -> ChatDelta list (streaming) and accumulated fields (non-streaming)."""
+    """Token ids -> ChatDelta list. Keeps only what its rules need (which fields have text,
+    how many tool calls, whether the last is open and has arguments), never the text."""
 
     def __init__(self, declared_tools: Iterable[str] = ()):
         self.parser = StreamParser()
         self._declared = set(declared_tools)
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
-        self.tool_calls: list[dict[str, str]] = []
+        self._has_text = {"content": False, "reasoning": False}
+        self.num_tool_calls = 0
+        self._call_has_arguments = False
         self.open_call = False  # the last tool call has not been closed by a stop token
         self._kind = "content"  # where the current message's text goes: content|reasoning|tool
         self._needs_separator = False
         self._flushed = False
-
-    @property
-    def content(self) -> str | None:
-        return "".join(self._content) or None
-
-    @property
-    def reasoning(self) -> str | None:
-        return "".join(self._reasoning) or None
 
     @property
     def anomalies(self):
@@ -112,7 +106,7 @@ class ChatMapper:
         self.flush()  # no-op when the caller already streamed the tail
         if engine_reason == "length":
             return "length"
-        if self.tool_calls and not self.open_call:
+        if self.num_tool_calls and not self.open_call:
             return "tool_calls"
         return engine_reason or "stop"
 
@@ -137,16 +131,15 @@ class ChatMapper:
         name = declared_tool_name(start.recipient, self._declared)
         if start.role == "assistant" and name is not None:
             self._kind, self.open_call = "tool", True
-            call = ToolCallDelta(len(self.tool_calls), new_call_id(), name, "")
+            call = ToolCallDelta(self.num_tool_calls, new_call_id(), name, "")
             return ChatDelta(tool_calls=[call])
         self._kind = "reasoning" if start.channel == "analysis" else "content"
-        parts = self._reasoning if self._kind == "reasoning" else self._content
-        self._needs_separator = bool(parts)
+        self._needs_separator = self._has_text[self._kind]
         return None
 
     def _text(self, text: str) -> ChatDelta:
         if self._kind == "tool":
-            return ChatDelta(tool_calls=[ToolCallDelta(len(self.tool_calls) - 1, None, None, text)])
+            return ChatDelta(tool_calls=[ToolCallDelta(self.num_tool_calls - 1, None, None, text)])
         if self._needs_separator:
             text, self._needs_separator = "\n" + text, False
         if self._kind == "reasoning":
@@ -160,17 +153,18 @@ class ChatMapper:
         if end.stop_token is None:
             return None  # cut or broken off: stays open
         self.open_call = False
-        if not self.tool_calls[-1]["arguments"]:
-            return ChatDelta(tool_calls=[ToolCallDelta(len(self.tool_calls) - 1, None, None, "{}")])
+        if not self._call_has_arguments:
+            return ChatDelta(tool_calls=[ToolCallDelta(self.num_tool_calls - 1, None, None, "{}")])
         return None
 
     def _apply(self, delta: ChatDelta) -> None:
-        """Accumulate exactly what was streamed."""
+        """Note what the rules need of a delta sent (not its text)."""
         if delta.content:
-            self._content.append(delta.content)
+            self._has_text["content"] = True
         if delta.reasoning:
-            self._reasoning.append(delta.reasoning)
+            self._has_text["reasoning"] = True
         for call in delta.tool_calls:
             if call.id is not None:
-                self.tool_calls.append({"id": call.id, "name": call.name or "", "arguments": ""})
-            self.tool_calls[call.index]["arguments"] += call.arguments
+                self.num_tool_calls += 1
+                self._call_has_arguments = False
+            self._call_has_arguments |= bool(call.arguments)

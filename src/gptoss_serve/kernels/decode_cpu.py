@@ -18,12 +18,12 @@ sources (`csrc/rms_norm.c`, `logits.c`, `attention.c`, `mxfp4.c`, `rotary.c`: on
 unit) and calls them, so every value is computed by the same function, in the same order, as
 in the layer-by-layer CPU path: the result equals it bit for bit (tested), at any thread count
 (threads split rows, heads and expert rows, never one sum). cos/sin of the positions come
-from the caller (`model/rope.py`), so the angles are torch's.
+from the caller (`formats/rope.py`), so the angles are torch's.
 
 The layer table's columns, the dims and the float constants are laid out by name in the
 order of the C file's enums (`F_`, `D_`, `K_`), read by `cpu_c.enum_names`.
 
-Owns the pointer table of a model's decode tensors (`StepWeights` -> `DecodeStep`) and the
+Owns the pointer table of a model's decode tensors (`step.StepWeights` -> `DecodeStep`) and the
 step's checks; knows nothing of modules, loading, scheduling or sampling.
 """
 
@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
 
 import torch
 
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache
 from gptoss_serve.kernels import cpu_c
 from gptoss_serve.kernels.cpu_threads import kernel_threads
 from gptoss_serve.kernels.moe_cpu import PAIRS_MAX
+from gptoss_serve.kernels.step import TENSOR_FIELDS, StepWeights
 
 _ERRORS = {-1: (MemoryError, "decode step: no memory for the scratch"),
            -2: (IndexError, "token id out of range"), -3: (IndexError, "KV slot out of range"),
@@ -58,57 +58,13 @@ def _names(first: str) -> tuple[str, ...]:
     return tuple(n.split("_", 1)[1].lower() for n in cpu_c.enum_names("decode_step.c", first))
 
 
-@dataclass(frozen=True)
-class LayerWeights:
-    """One block's decode tensors; each tensor field is a column of the C layer table (its
-    `F_` name there), which also holds the layer's `k_cache`, `v_cache`, `pool`, `window`."""
-
-    attn_norm: torch.Tensor
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor
-    sinks: torch.Tensor
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor
-    mlp_norm: torch.Tensor
-    gate_weight: torch.Tensor
-    gate_bias: torch.Tensor
-    w1_blocks: torch.Tensor | None
-    w1_scales: torch.Tensor | None
-    w1_bias: torch.Tensor
-    w2_blocks: torch.Tensor | None
-    w2_scales: torch.Tensor | None
-    w2_bias: torch.Tensor
-    sliding: bool
-    window: int
-
-    def tensors(self) -> list[torch.Tensor | None]:
-        """The tensor fields, in `TENSOR_FIELDS` order."""
-        return [getattr(self, name) for name in TENSOR_FIELDS]
-
-
-@dataclass(frozen=True)
-class StepWeights:
-    """What the step reads besides the batch: the model's tensors and its constants."""
-
-    embedding: torch.Tensor  # [V, H] float32
-    final_norm: torch.Tensor
-    layers: tuple[LayerWeights, ...]
-    eps: float
-    sm_scale: float
-    n_q: int
-    n_kv: int
-    head_dim: int
-    top_k: int
-    swiglu_limit: float
-    swiglu_alpha: float
-
-
 _BF16, _U8, _F32 = torch.bfloat16, torch.uint8, torch.float32
 _FIELD_DTYPES = {"attn_norm": _F32, "qkv_weight": _BF16, "qkv_bias": _F32, "sinks": _F32,
                  "out_weight": _BF16, "out_bias": _F32, "mlp_norm": _F32, "gate_weight": _F32,
                  "gate_bias": _F32, "w1_blocks": _U8, "w1_scales": _U8, "w1_bias": _F32,
                  "w2_blocks": _U8, "w2_scales": _U8, "w2_bias": _F32}
-TENSOR_FIELDS = tuple(_FIELD_DTYPES)  # LayerWeights' tensors, with the dtype the C step reads
+if tuple(_FIELD_DTYPES) != TENSOR_FIELDS:  # the dtype the C step reads, per LayerWeights tensor
+    raise RuntimeError(f"decode_cpu's dtypes {tuple(_FIELD_DTYPES)} != {TENSOR_FIELDS}")
 _LAYER_EXTRA = ("k_cache", "v_cache", "pool", "window")  # the table's columns beside them
 NO_POOL_BLOCKS = 1 << 50  # block count passed for a pool no layer uses (nothing written there)
 

@@ -2,18 +2,36 @@
 
 Owns routing (top-k by logit, softmax over the k), the interleaved clamped SwiGLU variant and the
 weighted combine of docs/model-facts.md §2.5. This is the oracle for the fast kernels and the CPU
-path. Expert weights arrive as an `ExpertWeights` (packed MXFP4 or dense).
+path. Expert weights arrive as an `ExpertWeights` (packed MXFP4 or dense); a kernel set that
+wants them held dequantized says how in a `DenseExperts`.
 
 Follows openai/gpt-oss `gpt_oss/torch/model.py: MLPBlock.forward, swiglu`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from gptoss_serve.model.mxfp4 import dequantize
+from gptoss_serve.formats.mxfp4 import dequantize
+
+
+@dataclass(frozen=True)
+class DenseExperts:
+    """A kernel set's wish that the model hold its experts dequantized (`KernelSet.dense_experts`).
+
+    `fits(total_bytes)` decides once for all layers (and logs why); `dequantize` has the
+    signature and values of `formats/mxfp4.py: dequantize`; `dtype` None: the model's.
+    `keep_packed`: the packed MXFP4 tensors stay beside the dense copy (a decode kernel of the
+    set reads them: a quarter of the bytes).
+    """
+
+    fits: Callable[[int], bool]
+    dtype: torch.dtype | None = None
+    keep_packed: bool = False
+    dequantize: Callable[..., torch.Tensor] = dequantize
 
 
 @dataclass

@@ -11,7 +11,7 @@ Same signature and maths as `kernels/moe.py: moe_ref` (its oracle). Differences 
   dequantized per step, only those used, with a byte-wise lookup table (`dequantize_lut`);
 - a decode step's few pairs (up to `PAIRS_MAX`) skip the per-expert loop: one call of a pair
   kernel for all first projections, one SwiGLU, one call for all second projections. Where the
-  packed MXFP4 experts are kept beside the dense copy (`KernelSet.packed_decode_experts`) the
+  packed MXFP4 experts are kept beside the dense copy (`DenseExperts.keep_packed`) the
   kernel reads them (`mxfp4_cpu.mxfp4_pairs`: 9.5 instead of 36 MB per token in the small
   preset), else the bf16 copy (`logits_cpu.bf16_pairs`); both make the same float32 sums, so the
   same result bit for bit. Prefill and larger batches use the dense copy.
@@ -26,10 +26,10 @@ import os
 
 import torch
 
+from gptoss_serve.formats.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
 from gptoss_serve.kernels.logits_cpu import bf16_pairs, linear_cpu
 from gptoss_serve.kernels.moe import ExpertWeights, route, swiglu
 from gptoss_serve.kernels.mxfp4_cpu import moe_decode, mxfp4_pairs
-from gptoss_serve.model.mxfp4 import BLOCK, FP4_VALUES, SCALE_BIAS
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30

@@ -80,6 +80,16 @@ def _row_dots(w_ptr, s_ptr, rows, row_ok, x_ptr, n_in, s_wr, s_sr,
 
 
 @triton.jit
+def swiglu(g, u, limit, alpha):
+    """The clamped SwiGLU of `moe.swiglu` on float32 gate and up values (already split):
+    gate clamped above, up clamped both ways, gate * sigmoid(alpha * gate) * (up + 1). The one
+    Triton copy; both MoE kernels call it."""
+    g = tl.minimum(g, limit)
+    u = tl.minimum(tl.maximum(u, -limit), limit)
+    return g * tl.sigmoid(alpha * g) * (u + 1.0)
+
+
+@triton.jit
 def _gemv_up_kernel(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, a_ptr, n_in, n_out, top_k, s_x,
                     s_we, s_wr, s_se, s_sr, s_be, s_a, limit, alpha,
                     MXFP4: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -91,10 +101,9 @@ def _gemv_up_kernel(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, a_ptr, n_in, n_out, top
     w_e, s_e, bias = w_ptr + e * s_we, s_ptr + e * s_se, b_ptr + e * s_be
     g = _row_dots(w_e, s_e, 2 * n, n_ok, x_row, n_in, s_wr, s_sr, MXFP4, BN, BK)
     u = _row_dots(w_e, s_e, 2 * n + 1, n_ok, x_row, n_in, s_wr, s_sr, MXFP4, BN, BK)
-    g = tl.minimum(g + tl.load(bias + 2 * n, mask=n_ok, other=0.0).to(tl.float32), limit)
+    g = g + tl.load(bias + 2 * n, mask=n_ok, other=0.0).to(tl.float32)
     u = u + tl.load(bias + 2 * n + 1, mask=n_ok, other=0.0).to(tl.float32)
-    u = tl.minimum(tl.maximum(u, -limit), limit)
-    act = g * tl.sigmoid(alpha * g) * (u + 1.0)
+    act = swiglu(g, u, limit, alpha)
     tl.store(a_ptr + pair.to(tl.int64) * s_a + n, act, mask=n_ok)
 
 

@@ -6,7 +6,7 @@ pairs sorted by expert and cut into tiles of BLOCK_M rows of one expert each, al
 with fixed-size tensors (no host sync, CUDA-graph safe); (3) up-projection: each program takes
 one tile and BLOCK_N gate/up pairs (rows 2n and 2n+1 of W1, so a tile of 2*BLOCK_N interleaved
 rows yields BLOCK_N activations), dequantizes the packed FP4 codes and E8M0 scales in registers
-with integer and float ops, and applies bias + clamped `g*sigmoid(alpha g)*(up+1)` in the
+with integer and float ops, and applies bias + clamped SwiGLU (`moe_gemv_triton.swiglu`) in the
 epilogue; (4) down-projection with bias and routing weight in the epilogue, scattered to the
 pair's row; (5) the k rows of each token summed (deterministic, no atomics).
 
@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from gptoss_serve.kernels.moe import ExpertWeights, route
-from gptoss_serve.kernels.moe_gemv_triton import GemvTiles, moe_gemv
+from gptoss_serve.kernels.moe_gemv_triton import GemvTiles, moe_gemv, swiglu
 from gptoss_serve.kernels.route_triton import route_triton
 from gptoss_serve.kernels.triton_util import cdiv, dot_in_float32
 
@@ -126,9 +126,7 @@ def _moe_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, a_ptr, t_exp_ptr, t_lo_ptr, t_hi_
     bias = b_ptr + e.to(tl.int64) * s_be
     g = acc_g + tl.load(bias + 2 * n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     u = acc_u + tl.load(bias + 2 * n + 1, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    g = tl.minimum(g, limit)
-    u = tl.minimum(tl.maximum(u, -limit), limit)
-    act = g * tl.sigmoid(alpha * g) * (u + 1.0)
+    act = swiglu(g, u, limit, alpha)
     a_off = rows.to(tl.int64)[:, None] * s_a + n[None, :]
     tl.store(a_ptr + a_off, act.to(a_ptr.dtype.element_ty), mask=r_ok[:, None] & n_ok[None, :])
 

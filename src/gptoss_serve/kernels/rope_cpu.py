@@ -1,6 +1,6 @@
 """RoPE rotation of a decode step's q and k heads on CPU in one C call.
 
-Same signature and values as `model/rope.py: apply_rotary` (its oracle), bit for bit: each
+Same signature and values as `kernels/rope.py: apply_rotary` (its oracle), bit for bit: each
 output is the same two float32 products and one sum or difference, each rounded, as in torch
 (the C source turns off the compiler's contraction into FMAs). In torch the rotation of a step
 is ~8 small operators per layer; here one ctypes call. Rows above `C_ROWS`, other dtypes, or no
@@ -17,7 +17,7 @@ import functools
 import torch
 
 from gptoss_serve.kernels import cpu_c
-from gptoss_serve.model.rope import apply_rotary
+from gptoss_serve.kernels.rope import apply_rotary
 
 C_ROWS = 8  # token rows up to which the C function runs (decode steps); more: the reference
 

@@ -3,7 +3,7 @@
 One program per token: it rotates all query and key heads of that token (half-split, float32
 math), writes q_rot/k_rot, and stores k_rot and v into the paged caches [N, bs, Hkv, D] at the
 token's flat slot (slot < 0: no store, for padding rows). Same signature and results as
-`kernels/rope_kv.py: rope_kv_write_ref`. q/k/v may be strided views of a fused qkv output (last
+`kernels/rope.py: rope_kv_write_ref`. q/k/v may be strided views of a fused qkv output (last
 dim contiguous). Knows nothing of how cos/sin tables are built.
 """
 

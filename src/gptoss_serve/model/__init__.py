@@ -1,2 +1,3 @@
-"""The gpt-oss model: forward pass, YaRN RoPE, MXFP4 format, checkpoint loading and synthetic
-checkpoints. Knows nothing of scheduling, sampling or HTTP."""
+"""The gpt-oss model: forward pass, checkpoint loading and synthetic checkpoints (the MXFP4
+format and the RoPE tables it reads are in `formats/`). Knows nothing of scheduling, sampling
+or HTTP."""

@@ -2,8 +2,10 @@
 
 Owns the module tree, whose tensor names are those of the checkpoint's `original/` layout
 (`embedding.weight`, `block.N.attn.qkv.weight`, `block.N.mlp.mlp1_weight.blocks`, ...), and the
-order of operations of one step. Attention and MoE math are delegated to a `KernelSet`; the model
-knows nothing of checkpoint files, scheduling or sampling.
+order of operations of one step. Every op (norms, projections, RoPE, attention, MoE, logits) is
+a call of its `KernelSet` (`kernels/select.py`, the one place that knows which path runs: the
+model has no branch on it); the model knows nothing of kernel paths, checkpoint files,
+scheduling or sampling.
 
 Follows openai/gpt-oss `gpt_oss/torch/model.py` (`Transformer`, `TransformerBlock`).
 """
@@ -12,23 +14,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from gptoss_serve.config import ModelConfig
-from gptoss_serve.engine.forward_batch import ForwardBatch, KVCache
-from gptoss_serve.kernels.decode_cpu import LayerWeights, StepWeights
-from gptoss_serve.kernels.moe import ExpertWeights
-from gptoss_serve.kernels.moe_cpu import dequantize_lut, keep_dense_experts
+from gptoss_serve.formats.forward_batch import ForwardBatch, KVCache
+from gptoss_serve.formats.mxfp4 import BLOCK, BYTES_PER_BLOCK
+from gptoss_serve.formats.rope import Rotary
+from gptoss_serve.kernels.moe import DenseExperts, ExpertWeights
 from gptoss_serve.kernels.select import KernelSet, reference_kernels
-from gptoss_serve.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
-from gptoss_serve.model.rope import Rotary
-
-if TYPE_CHECKING:
-    from gptoss_serve.kernels.decode_cpu import DecodeStep
-    from gptoss_serve.kernels.greedy_cpu import ArgmaxIndex
+from gptoss_serve.kernels.step import ArgmaxFinder, DecodeStepKernel, LayerWeights, StepWeights
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +67,18 @@ class ExpertTensor(nn.Module):
         numel = self.blocks.numel() * 2 if self.blocks is not None else self.weight.numel()
         return numel * torch.empty((), dtype=dtype).element_size()
 
-    def densify(self, dtype: torch.dtype, keep_packed: bool = False) -> None:
-        """Add a dequantized `weight` in `dtype` (one expert at a time); the packed MXFP4
-        tensors are dropped unless `keep_packed` (then both serve: see `KernelSet`)."""
+    def densify(self, dtype: torch.dtype, plan: DenseExperts) -> None:
+        """Add a dequantized `weight` in `dtype` (one expert at a time, `plan.dequantize`); the
+        packed MXFP4 tensors are dropped unless `plan.keep_packed` (then both serve)."""
         if self.blocks is None or self.weight is not None:
             return
         e, rows, groups, _ = self.blocks.shape
         dense = torch.empty(e, rows, groups * BLOCK, dtype=dtype, device=self.blocks.device)
         for i in range(e):
-            dense[i] = dequantize_lut(self.blocks[i], self.scales[i], dtype)
+            dense[i] = plan.dequantize(self.blocks[i], self.scales[i], dtype)
         del self.weight
         self.register_buffer("weight", dense)
-        if not keep_packed:
+        if not plan.keep_packed:
             self.blocks = self.scales = None
 
 
@@ -107,22 +103,14 @@ class AttentionBlock(nn.Module):
                 kernels: KernelSet) -> torch.Tensor:
         """h: the normed residual stream [T, hidden] -> attention output (no residual add).
 
-        `rope` is (cos, sin) per token [T, D/2] for the reference path, or the whole tables
-        [P, D/2] indexed by `batch.positions` inside the fused RoPE + KV write (`is_triton`),
-        after which attention gets k = v = None (the cache already holds them).
+        `rope` is what `kernels.rope_inputs` gave for this step; `kernels.rope_qkv` rotates q
+        and k (and may already store k and v in the cache: then k = v = None).
         """
         t, d = h.shape[0], self.head_dim
         qkv = kernels.linear(h, self.qkv.weight, self.qkv.bias)
-        q, k, v = qkv.split([self.n_q * d, self.n_kv * d, self.n_kv * d], dim=-1)
-        q, k, v = q.view(t, self.n_q, d), k.view(t, self.n_kv, d), v.view(t, self.n_kv, d)
         pool = batch.pool(self.sliding)
-        if kernels.is_triton:
-            q, _ = kernels.rope_kv_write(q, k, v, batch.positions, *rope, k_cache, v_cache,
-                                         pool.slot_mapping)
-            k = v = None
-        else:  # q and k heads are adjacent in the qkv row: one rotation for both
-            qk = qkv[:, :(self.n_q + self.n_kv) * d].view(t, self.n_q + self.n_kv, d)
-            q, k = kernels.rotary(qk, *rope).split([self.n_q, self.n_kv], dim=1)
+        q, k, v = kernels.rope_qkv(qkv, self.n_q, self.n_kv, d, batch.positions, rope, k_cache,
+                                   v_cache, pool.slot_mapping)
         o = kernels.attention(q, k, v, k_cache, v_cache, pool.slot_mapping, pool.block_tables,
                               batch.query_start_loc, batch.seq_lens, self.sinks, self.sm_scale,
                               self.window)
@@ -153,10 +141,10 @@ class MoEBlock(nn.Module):
     def dense_bytes(self, dtype: torch.dtype) -> int:
         return self.mlp1_weight.dense_bytes(dtype) + self.mlp2_weight.dense_bytes(dtype)
 
-    def densify(self, dtype: torch.dtype, keep_packed: bool) -> None:
+    def densify(self, dtype: torch.dtype, plan: DenseExperts) -> None:
         """Dequantize both projections' experts once (`ExpertTensor.densify`)."""
-        self.mlp1_weight.densify(dtype, keep_packed)
-        self.mlp2_weight.densify(dtype, keep_packed)
+        self.mlp1_weight.densify(dtype, plan)
+        self.mlp2_weight.densify(dtype, plan)
 
     def mix(self, h: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         """The experts' output for the normed stream h (no residual add)."""
@@ -188,9 +176,8 @@ class GptOssModel(nn.Module):
             self.unembedding = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._materialize(dtype, torch.device(device))
         self.rotary = Rotary(config, device)
-        self._rope_tables: tuple[torch.Tensor, ...] | None = None
         self._argmax, self._argmax_key = None, None  # see greedy_tokens
-        self._step: tuple[Callable, DecodeStep] | None = None  # see _one_call_step
+        self._step: tuple[Callable, DecodeStepKernel] | None = None  # see _one_call_step
         self.requires_grad_(False)
 
     def _materialize(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -212,33 +199,21 @@ class GptOssModel(nn.Module):
                 module.register_buffer(name, torch.zeros(t.shape, dtype=t.dtype, device=device))
 
     def prepare_experts(self) -> None:
-        """After loading: kernel sets with `dense_experts` (CPU) dequantize the packed experts of
-        every layer now (so the first request does not pay for it), when the copy of all layers
-        fits `moe_cpu.keep_dense_experts`; else every layer stays packed. Decided once."""
-        ks = self.kernels
+        """After loading: where the kernel set asks for `dense_experts` (the CPU set), the packed
+        experts of every layer are dequantized now (so the first request does not pay for
+        it), when the copy of all layers `fits`; else every layer stays packed. Decided once."""
+        plan = self.kernels.dense_experts
         mlps = [blk.mlp for blk in self.block]
-        if not ks.dense_experts or any(m.mlp1_weight.blocks is None for m in mlps):
+        if plan is None or any(m.mlp1_weight.blocks is None for m in mlps):
             return  # not asked for, or experts already dense (bf16 checkpoint, done before)
-        dtype = ks.expert_dtype or mlps[0].mlp1_bias.dtype
-        if keep_dense_experts(sum(m.dense_bytes(dtype) for m in mlps)):
+        dtype = plan.dtype or mlps[0].mlp1_bias.dtype
+        if plan.fits(sum(m.dense_bytes(dtype) for m in mlps)):
             for m in mlps:
-                m.densify(dtype, ks.packed_decode_experts)
+                m.densify(dtype, plan)
 
     @property
     def device(self) -> torch.device:
         return self.embedding.weight.device
-
-    def rope_inputs(self, batch: ForwardBatch, dtype: torch.dtype
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token (cos, sin) for the reference path; for the fused Triton RoPE + KV write
-        the [max_position_embeddings, D/2] tables, built once (same values: row p is
-        `cos_sin(p)`), so a decode step computes no angles and can be graph-captured."""
-        if not self.kernels.is_triton:
-            return self.rotary.cos_sin(batch.positions, dtype)
-        if self._rope_tables is None or self._rope_tables[0].dtype != dtype:
-            every = torch.arange(self.config.max_position_embeddings, device=self.device)
-            self._rope_tables = tuple(t.contiguous() for t in self.rotary.cos_sin(every, dtype))
-        return self._rope_tables
 
     def _norm(self, norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +246,7 @@ class GptOssModel(nn.Module):
             log.info("greedy screen: int8 copy of the unembedding, %.0f MiB",
                      index.nbytes() / (1 << 20))
 
-    def _argmax_index(self) -> ArgmaxIndex | None:
+    def _argmax_index(self) -> ArgmaxFinder | None:
         """The kernel set's argmax index of the unembedding, built on first use and again
         whenever the unembedding was written since (its tensor version moved). None for an
         inference tensor (no version to tell a write by)."""
@@ -297,7 +272,7 @@ class GptOssModel(nn.Module):
         if one_call is not None:
             return one_call
         x = self.embedding(batch.input_ids)
-        rope = self.rope_inputs(batch, x.dtype)
+        rope = self.kernels.rope_inputs(self.rotary, batch.positions, x.dtype)
         res = None
         for n, blk in enumerate(self.block):
             h, res = self._norm(blk.attn.norm, x, res)

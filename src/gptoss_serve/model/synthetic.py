@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from gptoss_serve.config import FULL, SLIDING, ModelConfig
+from gptoss_serve.formats.mxfp4 import FP4_VALUES, SCALE_BIAS, dequantize
 from gptoss_serve.model.gpt_oss import GptOssModel
-from gptoss_serve.model.mxfp4 import FP4_VALUES, SCALE_BIAS, dequantize
 from gptoss_serve.model.weights import HF_ARCHITECTURE, HF_INDEX, to_hf
 
 _REAL = dict(hidden_size=2880, intermediate_size=2880, head_dim=64, num_attention_heads=64,

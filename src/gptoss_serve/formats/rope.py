@@ -1,7 +1,9 @@
-"""YaRN rotary position embedding of gpt-oss (docs/model-facts.md §2.4.1).
+"""YaRN rotary position embedding of gpt-oss: the tables (docs/model-facts.md §2.4.1).
 
 Owns the inverse frequencies (unrounded ramp bounds), the concentration factor that scales both
-cos and sin, and the half-split rotation. Knows nothing of attention, caches or checkpoints.
+cos and sin, and the cos/sin of any positions (or of every position, built once). The rotation
+that applies them is the rope op's (`kernels/rope.py: apply_rotary`). Knows nothing of
+attention, caches, kernels or checkpoints.
 
 Follows openai/gpt-oss `gpt_oss/torch/model.py: RotaryEmbedding` and transformers'
 `modeling_rope_utils.py: _compute_yarn_parameters`.
@@ -42,12 +44,14 @@ def yarn_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 class Rotary(torch.nn.Module):
-    """cos/sin for arbitrary absolute positions, applied half-split to [T, heads, head_dim]."""
+    """cos/sin [T, head_dim/2] for arbitrary absolute positions, or for every position."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str) -> None:
         super().__init__()
         inv_freq, self.concentration = yarn_inv_freq(config)
         self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+        self.max_positions = config.max_position_embeddings
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         """positions [T] -> (cos, sin) [T, head_dim/2] in `dtype`, concentration applied."""
@@ -55,9 +59,12 @@ class Rotary(torch.nn.Module):
         c = self.concentration
         return (angles.cos() * c).to(dtype), (angles.sin() * c).to(dtype)
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate dim k with dim k + D/2: x [T, H, D], cos/sin [T, D/2]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    c, s = cos[:, None, :], sin[:, None, :]
-    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    def tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [max_position_embeddings, head_dim/2] in `dtype`, contiguous, built once
+        per dtype: row p is `cos_sin(p)` (the same values), so a step that indexes them
+        computes no angles."""
+        if self._tables is None or self._tables[0].dtype != dtype:
+            every = torch.arange(self.max_positions, device=self.inv_freq.device)
+            cos, sin = self.cos_sin(every, dtype)
+            self._tables = cos.contiguous(), sin.contiguous()
+        return self._tables
