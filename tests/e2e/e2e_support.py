@@ -10,6 +10,7 @@ from typing import Any
 
 from asgi_server import Served, serve_in_thread
 from gptoss_serve.api.app import create_app
+from gptoss_serve.api.testing import fold_stream, message_fields, without_ids
 from gptoss_serve.config import ServerConfig
 from gptoss_serve.harmony.tokenizer import get_tokenizer
 
@@ -44,3 +45,16 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> No
     while not cond():
         assert time.monotonic() < deadline, f"gave up waiting for: {what}"
         time.sleep(0.05)
+
+
+def stream_matches_full(client: Any, **args: Any) -> tuple[Any, list[Any], dict[str, Any]]:
+    """The same chat request sent whole and streamed (with usage) through the `openai` client;
+    asserts that each folded choice equals its non-streamed choice and returns (full, chunks,
+    folded) for the caller's own checks (usage, the first chunk)."""
+    full = client.chat.completions.create(**args)
+    chunks = list(client.chat.completions.create(**args, stream=True,
+                                                 stream_options={"include_usage": True}))
+    folded = fold_stream(chunks)
+    for c in full.choices:
+        assert without_ids(folded["choices"][c.index]) == without_ids(message_fields(c))
+    return full, chunks, folded

@@ -11,10 +11,10 @@ from typing import Literal
 import jsonschema
 import openai
 import pytest
-from e2e_support import MODEL
+from e2e_support import MODEL, stream_matches_full
 from pydantic import BaseModel, ConfigDict, Field
 
-from gptoss_serve.api.testing import fold_stream, message_fields, without_ids
+from gptoss_serve.api.testing import message_fields
 
 USER = [{"role": "user", "content": "Plan a trip."}]
 BUDGET = {"max_reasoning_tokens": 8}
@@ -57,12 +57,7 @@ def test_parse_with_pydantic(client):
 
 
 def _same_stream(client, **args) -> dict:
-    full = client.chat.completions.create(**args)
-    chunks = list(client.chat.completions.create(**args, stream=True,
-                                                 stream_options={"include_usage": True}))
-    folded = fold_stream(chunks)
-    for c in full.choices:
-        assert without_ids(folded["choices"][c.index]) == without_ids(message_fields(c))
+    full, _, folded = stream_matches_full(client, **args)
     # the second request may find more of its prompt in the prefix cache
     assert (folded["usage"].model_dump(exclude={"prompt_tokens_details"})
             == full.usage.model_dump(exclude={"prompt_tokens_details"}))

@@ -9,9 +9,7 @@ import asyncio
 import httpx
 import openai
 import pytest
-from e2e_support import MODEL, wait_until
-
-from gptoss_serve.api.testing import fold_stream, message_fields, without_ids
+from e2e_support import MODEL, stream_matches_full, wait_until
 
 USER = [{"role": "user", "content": "Say something."}]
 
@@ -48,12 +46,7 @@ def test_length(client):
 def test_stream_equals_non_stream_greedy(client, n):
     args = {"model": MODEL, "messages": USER, "max_tokens": 12, "temperature": 0, "n": n,
             "extra_body": {"ignore_eos": True}}
-    full = client.chat.completions.create(**args)
-    chunks = list(client.chat.completions.create(**args, stream=True,
-                                                 stream_options={"include_usage": True}))
-    folded = fold_stream(chunks)
-    for c in full.choices:
-        assert without_ids(folded["choices"][c.index]) == without_ids(message_fields(c))
+    full, chunks, folded = stream_matches_full(client, **args)
     assert folded["usage"].model_dump() == full.usage.model_dump()
     assert chunks[0].choices[0].delta.role == "assistant"
 
