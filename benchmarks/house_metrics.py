@@ -9,7 +9,7 @@ Measures, over `src/gptoss_serve`:
 - upward imports: every `import` / `from ... import` of a `gptoss_serve` module (at module
   level or inside a function: a lazy import is still a dependency) whose layer is above the
   importing module's, with the layers of `LAYERS` (lowest first):
-      errors, config < harmony < constrain < formats < kernels < model < engine < api, llm,
+      errors, config < harmony < constrain < formats < kernels < model < engine, tools < api, llm,
       cli, chat_repl, bench;
   an import from a package into one of a higher layer counts once per (importer, imported)
   module pair;
@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("formats",),
     ("kernels",),
     ("model",),
-    ("engine",),
+    ("engine", "tools"),  # tools: the built-in tools (python, browser)
     ("api", "llm", "cli", "chat_repl", "bench", ""),  # "": the package's own __init__
 )
 _C_MARK = re.compile(r"^\s*(#include|(static\s+)?(inline\s+)?(void|int|float|long)\s+\w+\()",

@@ -18,6 +18,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
       || .venv/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
+# The python tool's sandbox (and its tests) need bubblewrap: install it quietly where we can
+# (root with apt); where we cannot, the tool is off at start-up and its tests skip, saying why.
+if [[ "$extras" == *test* ]] && ! command -v bwrap >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq bubblewrap || { apt-get update -qq && apt-get install -y -qq bubblewrap; }
+  } >/dev/null 2>&1 || echo "setup: could not install bubblewrap; the sandbox tests will skip"
+fi
 if [ -n "$extras" ]; then
   .venv/bin/python -m pip install -q -e ".[$extras]"
 else

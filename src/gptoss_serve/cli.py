@@ -12,6 +12,10 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gptoss_serve.tools.base import ToolOptions
 
 from gptoss_serve.engine.request import CHAT_TEMPERATURE
 
@@ -72,10 +76,54 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-body-mib", type=_positive_float, default=16.0, help="larger request bodies get a 413")
     a("--public-metrics", action="store_true",
       help="serve /metrics without the API key (every other route but /health needs it)")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
+        "--responses-db", default=None, metavar="PATH",
+        help="SQLite file of stored /v1/responses (default: $GPTOSS_SERVE_CACHE/responses.sqlite3)")
+    store.add_argument(
+        "--no-store", action="store_true",
+        help="keep no /v1/responses state (store=true is ignored; no previous_response_id chains)")
+    a("--max-tool-turns", type=_positive_int, default=8,
+      help="built-in tool calls (python, browser) the server runs per response")
+    _add_tool_args(a)
     a("--max-reasoning-tokens", type=_natural_int, default=None,
       help="reasoning budget of chat requests that set none: after this many analysis/preamble "
       "tokens the answer is forced to start (default: no budget)")
     p.set_defaults(func=_run_serve)
+
+
+# ---- built-in tools (owner: tools/) --------------------------------------------------------------
+def _add_tool_args(a: Callable[..., object]) -> None:
+    a("--python-tool", default="sandbox", choices=["sandbox", "off", "unsafe-local"],
+      help="the python (code_interpreter) tool: sandbox (bubblewrap; off if the host cannot "
+      "sandbox), off, or unsafe-local (UNSANDBOXED, as this server's user)")
+    a("--python-timeout", type=float, default=120.0, help="wall seconds per python call")
+    a("--python-memory-mb", type=_positive_int, default=1024, help="python kernel memory (MiB)")
+    a("--browser-backend", default="local", choices=["local", "exa", "you"],
+      help="browser (web_search) search backend: local (--browser-corpus, no network), exa, you")
+    a("--browser-corpus", default=None,
+      help="folder of .html/.md/.txt documents for the local browser backend")
+    a("--browser-api-key", default=None,
+      help="key of the exa/you backend (default: $EXA_API_KEY / $YDC_API_KEY)")
+    a("--browser-search-url", default=None, help="base URL of the exa/you API (override)")
+    a("--browser-allow-private", action="store_true",
+      help="let browser.open fetch private and loopback addresses (off: SSRF guard)")
+
+
+def _tool_options(args: argparse.Namespace) -> ToolOptions:
+    from gptoss_serve.tools.base import ToolOptions
+
+    env_key = {"exa": "EXA_API_KEY", "you": "YDC_API_KEY"}.get(args.browser_backend)
+    try:
+        return ToolOptions(
+            python_tool=args.python_tool, python_timeout=args.python_timeout,
+            python_memory_mb=args.python_memory_mb, browser_backend=args.browser_backend,
+            browser_corpus=args.browser_corpus,
+            browser_api_key=args.browser_api_key or (os.environ.get(env_key) if env_key else None),
+            browser_search_url=args.browser_search_url,
+            browser_allow_private=args.browser_allow_private)
+    except ValueError as exc:
+        raise SystemExit(f"gptoss-serve serve: {exc}") from None
 
 
 def _positive_int(value: str) -> int:
@@ -151,13 +199,16 @@ def _run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("GPTOSS_API_KEY") or None,
         current_date=_current_date(args.current_date),
         reasoning_content_alias=not args.no_reasoning_content_alias, max_queue=args.max_queue,
+        responses_db=None if args.no_store else (
+            args.responses_db or str(tiny.parent / "responses.sqlite3")),
+        max_tool_turns=args.max_tool_turns,
         max_body_bytes=int(args.max_body_mib * (1 << 20)), public_metrics=args.public_metrics,
         default_max_reasoning_tokens=args.max_reasoning_tokens,
     )
     return run_server(ServeOptions(
         model=args.model, served_model_name=args.served_model_name, dtype=args.dtype,
         device=args.device, server=server, tiny_dir=tiny, kernels=args.kernels,
-        enforce_eager=args.enforce_eager, threads=args.threads,
+        enforce_eager=args.enforce_eager, threads=args.threads, tools=_tool_options(args),
         cache=CacheConfig(kv_cache_memory_gib=args.kv_cache_memory),
         sched=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                               max_num_batched_tokens=args.max_num_batched_tokens),

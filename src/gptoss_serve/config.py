@@ -176,5 +176,7 @@ class ServerConfig:
     default_max_tokens: int = 1024
     max_body_bytes: int = 16 << 20  # larger request bodies get a 413
     public_metrics: bool = False  # /metrics without the API key (/health never needs it)
+    responses_db: str | None = ":memory:"  # SQLite file of /v1/responses; None: --no-store
+    max_tool_turns: int = 8  # built-in tool calls the server runs per response
     default_max_reasoning_tokens: int | None = None  # chat requests without max_reasoning_tokens
     extra: dict[str, Any] = field(default_factory=dict)

@@ -25,8 +25,8 @@ CONTROL = re.compile(r"<\|(start|end|message|channel|constrain|return|call|endof
 
 
 @st.composite
-def model_output(draw, tok) -> list[int]:
-    pieces = draw(st.lists(st.one_of(st.sampled_from(SPECIAL), st.sampled_from(WORDS)),
+def model_output(draw, tok, words=tuple(WORDS)) -> list[int]:
+    pieces = draw(st.lists(st.one_of(st.sampled_from(SPECIAL), st.sampled_from(words)),
                            min_size=1, max_size=30))
     ids: list[int] = []
     for p in pieces:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from gptoss_serve.api.app import create_app
+from gptoss_serve.api.responses_schemas import ResponsesRequest
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -87,6 +88,8 @@ ROUTES = {  # route: (request model, a valid body that generates at most 2 token
     "/v1/completions": (CompletionRequest, {"model": MODEL, "prompt": "hi", **SAMPLED}),
     "/tokenize": (TokenizeRequest, {"model": MODEL, "prompt": "hi"}),
     "/detokenize": (DetokenizeRequest, {"model": MODEL, "tokens": [1, 2]}),
+    "/v1/responses": (ResponsesRequest, {"model": MODEL, "input": "hi", "max_output_tokens": 2,
+                                         "temperature": 1.0, "top_p": 0.5}),
 }
 FIELDS = [(route, name) for route, (model, _) in ROUTES.items() for name in model.model_fields]
 
@@ -116,7 +119,7 @@ def test_a_bad_value_in_any_field_is_never_a_server_error(tiny, where, value):
     client, engine = tiny
     route, name = where
     body = {**ROUTES[route][1], name: value}
-    if name == "messages" and isinstance(value, list | str):  # also inside a message
+    if name in ("messages", "input") and isinstance(value, list | str):  # inside a message
         body[name] = [{"role": "user", "content": value}]
     try:
         raw = _dumps(body)

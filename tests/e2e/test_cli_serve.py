@@ -1,5 +1,6 @@
 """`gptoss-serve serve` as a user runs it: no --model builds and serves the tiny random checkpoint
-(and says so), answers over HTTP, and on SIGTERM with a stream in flight stops and exits 0."""
+(and says so), answers over HTTP (a stored /v1/responses lands in the default SQLite file under the
+cache dir), and on SIGTERM with a stream in flight stops and exits 0."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def test_serve_tiny_default_then_sigterm_exits_0(tmp_path):
             wait_until(lambda: _healthy(base, proc), "the server to start", timeout=240)
             models = httpx.get(base + "/v1/models").json()["data"]
             assert [m["id"] for m in models] == ["tiny"]
+            made = httpx.post(base + "/v1/responses", timeout=120, json={
+                "model": "tiny", "input": "hi", "max_output_tokens": 4}).json()
+            assert made["status"] == "incomplete" and made["usage"]["output_tokens"] == 4
             body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 1500, "stream": True, "ignore_eos": True}
             with httpx.stream("POST", base + "/v1/chat/completions", json=body,
@@ -63,3 +67,8 @@ def test_serve_tiny_default_then_sigterm_exits_0(tmp_path):
     assert "full context (2048 tokens)" in text  # --max-model-len reaches the capacity line
     assert sum(m.startswith("kernels: ") for m in ours) == 1
     assert (tmp_path / "tiny" / "config.json").exists()
+    import sqlite3  # the default store is a file under the cache dir, written before the reply
+
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as db:
+        assert db.execute("SELECT id FROM responses").fetchall() == [(made["id"],)]
+    assert "responses store:" in text

@@ -4,7 +4,8 @@ Owns the HTTP surface: which path goes to which handler, the guard every request
 (`api/guard.py`: the bearer key on every route but /health, the body-size limit), and the rule
 that every failure leaves as an OpenAI-shaped error (400 for bad input, never a 422; 405 with
 `Allow`; 499 quietly for a client that left mid-body; 500 only for our own bugs). Knows nothing
-of torch or the engine's insides; handlers live in chat.py and completions.py.
+of torch or the engine's insides; handlers live in chat.py, completions.py and responses.py (whose
+service, store and tools close with the app).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from gptoss_serve.api.context import ApiContext, check_token_ids, off_loop
 from gptoss_serve.api.guard import Guard, error_response, open_paths
 from gptoss_serve.api.metrics import ServerMetrics
 from gptoss_serve.api.openapi import install, request_body, responses_of, schema_ref
+from gptoss_serve.api.responses import closing, responses_router, responses_service
 from gptoss_serve.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -51,15 +53,21 @@ log = logging.getLogger("gptoss_serve.api")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(engine: Any, config: ServerConfig, tokenizer: Any) -> FastAPI:
-    """The app for one engine. `engine` is an AsyncEngine (or a test double with its API)."""
+def create_app(engine: Any, config: ServerConfig, tokenizer: Any,
+               tools: dict[str, Any] | None = None) -> FastAPI:
+    """The app for one engine. `engine` is an AsyncEngine (or a test double with its API);
+    `tools`: the enabled built-in tools by OpenAI tool type (tools/registry.build_tools)."""
     ctx = ApiContext(engine, config, tokenizer, ServerMetrics(engine.stats))
-    app = FastAPI(title="gptoss-serve", docs_url=None, redoc_url=None)
+    responses = responses_service(ctx, tools or {})
+    app = FastAPI(title="gptoss-serve", docs_url=None, redoc_url=None,
+                  lifespan=closing(responses))
     app.state.ctx = ctx
+    app.state.responses = responses
     _install_error_handlers(app)
     app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes,
                        public_paths=open_paths(config.public_metrics))
     app.include_router(_v1_router(ctx))
+    app.include_router(responses_router(responses))
     app.include_router(_plain_router(ctx))
     install(app)
     return app

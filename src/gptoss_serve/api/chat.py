@@ -28,6 +28,7 @@ from gptoss_serve.api.bodies import (
     PromptTokensDetails,
     Usage,
 )
+from gptoss_serve.api.chat_tools import builtin_types, create_chat_with_tools
 from gptoss_serve.api.choice import ChoiceState
 from gptoss_serve.api.context import ApiContext, new_id, off_loop, sampling_params
 from gptoss_serve.api.schemas import (
@@ -67,7 +68,7 @@ def offered_tools(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     """The function tools the model is told about (none when tool_choice is 'none')."""
     if req.tool_choice == "none" or not req.tools:
         return []
-    return [t.model_dump(exclude_none=True) for t in req.tools]
+    return [t.model_dump(exclude_none=True) for t in req.tools if t.type == "function"]
 
 
 def render_messages(
@@ -84,6 +85,10 @@ def render_messages(
 
 async def create_chat_completion(ctx: ApiContext, request: Request) -> Response:
     req = await off_loop(parse_body, ChatCompletionRequest, await request.body())
+    if builtin_types(req):  # extension: the server runs python / browser (api/chat_tools.py)
+        service = request.app.state.responses
+        return await create_chat_with_tools(ctx, request, req, service.tools,
+                                            service.max_tool_turns)
     ctx.check_model(req.model)
     tools = offered_tools(req)
     if req.tool_choice == "none":  # tools left out of the prompt are still checked

@@ -80,8 +80,16 @@ class FunctionDef(_Strict):
 
 
 class ToolDef(_Strict):
-    type: Literal["function"]
-    function: FunctionDef
+    """A function tool, or (extension) a built-in tool type run by the server (api/chat_tools)."""
+
+    type: Literal["function", "code_interpreter", "web_search", "web_search_preview"]
+    function: FunctionDef | None = None
+
+    @model_validator(mode="after")
+    def _function_given(self) -> ToolDef:
+        if self.type == "function" and self.function is None:
+            raise ValueError("a function tool needs `function`")
+        return self
 
 
 class NamedToolChoice(_Strict):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from gptoss_serve.config import CacheConfig, SchedulerConfig, ServerConfig
+from gptoss_serve.tools.base import ToolOptions
 
 log = logging.getLogger("gptoss_serve.serve")
 GRACE_SECONDS = 5
@@ -36,6 +37,7 @@ class ServeOptions:
     kernels: str = "auto"  # auto | triton | reference (kernels/select.py)
     enforce_eager: bool = False  # no CUDA graphs for the decode step
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per core)
+    tools: ToolOptions = field(default_factory=ToolOptions)  # tools/registry.build_tools
 
 
 def served_name(model: str, explicit: str | None) -> str:
@@ -119,7 +121,14 @@ def run_server(opts: ServeOptions) -> int:
     for line in describe(engine, model, random_weights):
         log.info(line)
     config = replace(opts.server, served_model_names=(name,))
-    app = create_app(engine, config, get_tokenizer())
+    from gptoss_serve.tools.registry import build_tools
+
+    tools, tool_lines = build_tools(opts.tools)
+    for line in tool_lines:
+        log.info(line)
+    where = config.responses_db if config.responses_db is not None else "off (--no-store)"
+    log.info("responses store: %s", where)
+    app = create_app(engine, config, get_tokenizer(), tools=tools)
     # llguidance's view of the vocabulary (~1 s) is built in the background, not by the first
     # constrained request
     from gptoss_serve.constrain.tokenizer import ll_tokenizer
@@ -137,5 +146,6 @@ def run_server(opts: ServeOptions) -> int:
         _Server(uv, engine).run()
     finally:
         asyncio.run(engine.shutdown())
+        app.state.responses.close()  # the built-in tools (kernels) and the responses store
     log.info("stopped")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -24,19 +24,30 @@ def frame(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
-async def _events(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
-    """Frame every chunk, then [DONE]; an error mid-stream becomes an error event, not a crash.
+def typed_frame(payload: dict[str, Any]) -> str:
+    """One SSE event named by the payload's `type` (the Responses API's framing)."""
+    return f"event: {payload['type']}\n{frame(payload)}"
+
+
+async def _events(chunks: AsyncGenerator[dict[str, Any], None],
+                  framing: Callable[[dict[str, Any]], str], done: str) -> AsyncIterator[str]:
+    """Frame every chunk, then `done`; an error mid-stream becomes an error event, not a crash.
     `chunks` is closed however the stream ends (also when the client goes away)."""
     async with contextlib.aclosing(chunks):
         try:
             async for chunk in chunks:
-                yield frame(chunk)
+                yield framing(chunk)
         except GptOssServeError as exc:
             yield frame(exc.to_openai())
-    yield DONE
+    if done:
+        yield done
 
 
-def sse_response(chunks: AsyncGenerator[dict[str, Any], None]) -> StreamingResponse:
-    """A text/event-stream response of `chunks`' events."""
+def sse_response(chunks: AsyncGenerator[dict[str, Any], None],
+                 framing: Callable[[dict[str, Any]], str] = frame,
+                 done: str = DONE) -> StreamingResponse:
+    """A text/event-stream response of `chunks`' events. Chat and completions use the defaults;
+    the Responses API passes `typed_frame` and no closing `[DONE]`, as OpenAI sends it."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_events(chunks), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_events(chunks, framing, done), media_type="text/event-stream",
+                             headers=headers)

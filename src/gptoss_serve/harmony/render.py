@@ -61,7 +61,7 @@ class RenderOptions:
     reasoning_effort: str = "medium"
     current_date: str | None = None  # "YYYY-MM-DD"; None leaves the line out
     tools: list[dict] | None = None  # the OpenAI `tools` array (function tools)
-    builtin_tools: tuple[str, ...] = ()  # "browser", "python"
+    builtin_tools: tuple[str | dict, ...] = ()  # "browser", "python", or a namespace dict
     response_format: dict | None = None  # the OpenAI `response_format`
 
 
@@ -115,12 +115,15 @@ def system_text(options: RenderOptions, has_functions: bool) -> str:
     if options.current_date:
         top.append(f"Current date: {options.current_date}")
     sections = ["\n".join(top), f"Reasoning: {options.reasoning_effort}"]
-    unknown = set(options.builtin_tools) - set(BUILTIN_NAMESPACES)
+    names = [t for t in options.builtin_tools if isinstance(t, str)]
+    unknown = set(names) - set(BUILTIN_NAMESPACES)
     if unknown:
         raise HarmonyRenderError(f"unknown built-in tools {sorted(unknown)}", param="tools")
-    if options.builtin_tools:
-        sections.append(tools_section([namespace_from_dict(BUILTIN_NAMESPACES[name])
-                                       for name in dict.fromkeys(options.builtin_tools)]))
+    if options.builtin_tools:  # a dict is a tool's own description (its real limits)
+        spaces = {(t if isinstance(t, str) else t["name"]): t for t in options.builtin_tools}
+        sections.append(tools_section([
+            namespace_from_dict(BUILTIN_NAMESPACES[t] if isinstance(t, str) else t)
+            for t in spaces.values()]))
     sections.append(CHANNELS_LINE + ("\n" + FUNCTIONS_LINE if has_functions else ""))
     return "\n\n".join(sections)
 
