@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from openai.types.responses import ResponseFunctionWebSearch
 
 from gptoss_serve.tools.base import ToolOptions
 from gptoss_serve.tools.browser_tool import BrowserTool
@@ -126,8 +127,9 @@ def test_find_format_and_errors(corpus):
         "\n"
         "L0: # 【0†match at L6】\n"
         "L1: last line mentions zebra")
-    assert out.item["action"] == {"type": "find", "url": "corpus://local/long.txt",
+    assert out.item["action"] == {"type": "find_in_page", "url": "corpus://local/long.txt",
                                   "pattern": "ZEBRA"}
+    ResponseFunctionWebSearch.model_validate({"id": "ws_1", "status": "completed", **out.item})
     miss = call(tool, "browser.find", {"pattern": "giraffe", "cursor": 0})
     assert miss.text.endswith("L0: No `find` results for pattern: `giraffe`")
     on_find = call(tool, "browser.find", {"pattern": "x"})
