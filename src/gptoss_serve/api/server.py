@@ -96,10 +96,10 @@ class _Server(uvicorn.Server):
             stopper.cancel()
 
 
-def run_server(opts: ServeOptions) -> int:
-    from gptoss_serve.api.app import create_app
+def _start_engine(opts: ServeOptions) -> tuple[Any, str]:
+    """The engine over the checkpoint `opts` names (the tiny one by default), and its path;
+    logs what was loaded (a random checkpoint says so)."""
     from gptoss_serve.engine.async_engine import AsyncEngine
-    from gptoss_serve.harmony.tokenizer import get_tokenizer
     from gptoss_serve.model.synthetic import is_random_checkpoint, tiny_checkpoint
 
     model = str(tiny_checkpoint(opts.tiny_dir)) if opts.model is None else str(opts.model)
@@ -108,7 +108,6 @@ def run_server(opts: ServeOptions) -> int:
         log.warning("no --model given: serving a tiny RANDOM checkpoint from %s", model)
     elif random_weights:
         log.warning("%s is a RANDOM checkpoint (make-checkpoint): its output is noise", model)
-    name = served_name(model, opts.served_model_name)
     import torch
 
     if opts.threads is not None:
@@ -120,9 +119,18 @@ def run_server(opts: ServeOptions) -> int:
     )
     for line in describe(engine, model, random_weights):
         log.info(line)
-    config = replace(opts.server, served_model_names=(name,))
+    return engine, model
+
+
+def run_server(opts: ServeOptions) -> int:
+    from gptoss_serve.api.app import create_app
+    from gptoss_serve.constrain.tokenizer import ll_tokenizer
+    from gptoss_serve.harmony.tokenizer import get_tokenizer
     from gptoss_serve.tools.registry import build_tools
 
+    engine, model = _start_engine(opts)
+    name = served_name(model, opts.served_model_name)
+    config = replace(opts.server, served_model_names=(name,))
     tools, tool_lines = build_tools(opts.tools)
     for line in tool_lines:
         log.info(line)
@@ -131,8 +139,6 @@ def run_server(opts: ServeOptions) -> int:
     app = create_app(engine, config, get_tokenizer(), tools=tools)
     # llguidance's view of the vocabulary (~1 s) is built in the background, not by the first
     # constrained request
-    from gptoss_serve.constrain.tokenizer import ll_tokenizer
-
     threading.Thread(target=ll_tokenizer, name="llguidance-vocab", daemon=True).start()
     log.info("serving %r on http://%s:%d/v1", name, config.host, config.port)
     if config.api_key is not None:

@@ -23,7 +23,8 @@ from gptoss_serve.tools.search_backends import BackendError, SearchBackend
 from gptoss_serve.tools.web_fetch import Fetcher, FetchError
 
 CITATION = re.compile(r"【(?P<cursor>\d+)†(?P<body>[^†】]+)(?:†[^†】]+)?】")
-_ACTIONS = {"search": "search", "open": "open_page", "find": "find_in_page"}  # web_search_call actions
+# web_search_call action types (the openai client's ActionSearch / ActionOpenPage / ActionFind)
+_ACTIONS = {"search": "search", "open": "open_page", "find": "find_in_page"}
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown", "application/json", "text/csv")
 
 
@@ -90,7 +91,8 @@ class BrowserTool:
                 action = {"type": "open_page", "url": url}
             elif function == "find":
                 text, url = self._find(session, args)
-                action = {"type": "find_in_page", "url": url, "pattern": str(args.get("pattern", ""))}
+                action = {"type": "find_in_page", "url": url,
+                          "pattern": str(args.get("pattern", ""))}
             else:
                 return _output(recipient, json.dumps({"error": f"Unknown function: {function}"}),
                                action, failed=True)
