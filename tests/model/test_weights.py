@@ -175,3 +175,16 @@ def test_bf16_experts_load_into_dense_fields_with_the_same_values(good, tmp_path
                            b.mlp.experts().expert_w1(1, torch.float32))
         assert torch.equal(a.mlp.experts().expert_w2(3, torch.float32),
                            b.mlp.experts().expert_w2(3, torch.float32))
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_cli_with_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path, capsys, command):
+    """issue 14.12: `serve`/`chat --model` of a folder that cannot be loaded prints the
+    CheckpointError's message and exits 2, as `make-checkpoint --preset bogus` does."""
+    from gptoss_serve import cli
+
+    missing = tmp_path / "no-such-checkpoint"
+    assert cli.main([command, "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "no such checkpoint folder" in err and str(missing) in err
+    assert "Traceback" not in err
