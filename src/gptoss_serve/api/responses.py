@@ -34,11 +34,7 @@ from gptoss_serve.api.response_input import turn_input
 from gptoss_serve.api.response_output import item_id
 from gptoss_serve.api.response_run import ResponseRun
 from gptoss_serve.api.response_store import ResponseStore, StoredResponse
-from gptoss_serve.api.responses_schemas import (
-    BUILTIN_TYPES,
-    MessageItem,
-    ResponsesRequest,
-)
+from gptoss_serve.api.responses_schemas import MessageItem, ResponsesRequest, check_enabled
 from gptoss_serve.api.schemas import parse_body
 from gptoss_serve.api.sse import sse_response, typed_frame
 from gptoss_serve.api.streaming import unless_disconnected
@@ -128,12 +124,7 @@ class ResponsesService:
         """The enabled built-in tools this request asks for (400 when one is off here)."""
         if req.tool_choice == "none":
             return {}
-        for i, decl in enumerate(req.tools):
-            kind = BUILTIN_TYPES.get(decl.type)
-            if kind is not None and kind not in self.tools:
-                raise InvalidRequestError(
-                    f"the {decl.type} tool is not enabled on this server (see the start-up log "
-                    "and the --python-tool / --browser-* options)", param=f"tools.{i}.type")
+        check_enabled(req.tools, self.tools)
         return {t: self.tools[t] for t in req.builtin_types()}
 
     def _start_background(self, run: ResponseRun, loop: ToolLoop) -> Response:
