@@ -191,11 +191,13 @@ class ResponsesService:
         if run is not None:
             return event_stream(run.follow(after), on_close=lambda: None)
         self._stored(rid)
-        if self.store is None or not self.store.events(rid, -1)[:1]:
+        events = self.store.events(rid) if self.store else []
+        if not events:
             raise InvalidRequestError(
                 f"Response '{rid}' was created without stream or background, so it has no "
                 "events to stream.", param="stream")
-        return event_stream(_replay(self.store.events(rid, after)), on_close=lambda: None)
+        # sequence_number is the index (response_run.py): one read serves check and replay
+        return event_stream(_replay(events[max(after + 1, 0):]), on_close=lambda: None)
 
     async def delete(self, rid: str) -> dict[str, Any]:
         run = self.live.get(rid)
