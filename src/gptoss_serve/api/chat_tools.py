@@ -190,8 +190,8 @@ class ChatView:
                 yield self._chunk(delta)
         if self.run.status == "failed":
             raise InvalidRequestError((self.run.error or {}).get("message", "failed"))
-        yield self._chunk({"annotations": self._annotations()} if self._annotations() else {},
-                          self.finish_reason())
+        notes = self._annotations()
+        yield self._chunk({"annotations": notes} if notes else {}, self.finish_reason())
         if self.req.include_usage():
             yield {**self._chunk({}), "choices": [], "usage": self.usage()}
 

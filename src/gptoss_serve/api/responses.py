@@ -143,7 +143,7 @@ class ResponsesService:
         run.task = asyncio.ensure_future(self._finish(run, loop, work()))
         self.live[run.id] = run
         if run.req.stream:
-            return event_stream(run.follow(), on_close=lambda: None)
+            return event_stream(run.follow())
         return JSONResponse(run.snapshot())
 
     async def _finish(self, run: ResponseRun, loop: ToolLoop, work: Any) -> None:
@@ -189,7 +189,7 @@ class ResponsesService:
         after = -1 if starting_after is None else starting_after
         run = self.live.get(rid)
         if run is not None:
-            return event_stream(run.follow(after), on_close=lambda: None)
+            return event_stream(run.follow(after))
         self._stored(rid)
         events = self.store.events(rid) if self.store else []
         if not events:
@@ -197,7 +197,7 @@ class ResponsesService:
                 f"Response '{rid}' was created without stream or background, so it has no "
                 "events to stream.", param="stream")
         # sequence_number is the index (response_run.py): one read serves check and replay
-        return event_stream(_replay(events[max(after + 1, 0):]), on_close=lambda: None)
+        return event_stream(_replay(events[max(after + 1, 0):]))
 
     async def delete(self, rid: str) -> dict[str, Any]:
         run = self.live.get(rid)
@@ -311,7 +311,7 @@ async def _replay(events: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]
 
 
 def event_stream(events: AsyncIterator[dict[str, Any]],
-                 on_close: Callable[[], Any]) -> StreamingResponse:
+                 on_close: Callable[[], Any] | None = None) -> StreamingResponse:
     """Responses SSE: `event: TYPE` + `data: JSON` per event, no [DONE]; `on_close` runs however
     the stream ends (a foreground run is cancelled when its client leaves)."""
 
@@ -320,7 +320,8 @@ def event_stream(events: AsyncIterator[dict[str, Any]],
             async for event in events:
                 yield event
         finally:
-            on_close()
+            if on_close is not None:
+                on_close()
 
     return sse_response(closing_events(), framing=typed_frame, done="")
 
