@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from gptoss_serve.api.context import ApiContext, new_id
 from gptoss_serve.api.response_run import ResponseRun
-from gptoss_serve.api.responses_schemas import BUILTIN_TYPES, ResponsesRequest
+from gptoss_serve.api.responses_schemas import ResponsesRequest, builtin_types_of, check_enabled
 from gptoss_serve.api.schemas import ChatCompletionRequest
 from gptoss_serve.api.sse import sse_response
 from gptoss_serve.api.streaming import unless_disconnected
@@ -40,8 +40,7 @@ def builtin_types(req: ChatCompletionRequest) -> list[str]:
     """The built-in tool types a chat request asks for (canonical names, in order)."""
     if req.tool_choice == "none":
         return []
-    return list(dict.fromkeys(BUILTIN_TYPES[t.type] for t in req.tools or []
-                              if t.type in BUILTIN_TYPES))
+    return builtin_types_of(req.tools or [])
 
 
 def _check(req: ChatCompletionRequest, enabled: dict[str, Any]) -> None:
@@ -54,11 +53,7 @@ def _check(req: ChatCompletionRequest, enabled: dict[str, Any]) -> None:
         if bad:
             raise InvalidRequestError(f"{field} is not supported together with built-in tools",
                                       param=field)
-    for i, tool in enumerate(req.tools or []):
-        if tool.type in BUILTIN_TYPES and BUILTIN_TYPES[tool.type] not in enabled:
-            raise InvalidRequestError(
-                f"the {tool.type} tool is not enabled on this server (see the start-up log)",
-                param=f"tools.{i}.type")
+    check_enabled(req.tools or [], enabled)
 
 
 def _loop(ctx: ApiContext, req: ChatCompletionRequest, enabled: dict[str, Any],
@@ -195,8 +190,8 @@ class ChatView:
                 yield self._chunk(delta)
         if self.run.status == "failed":
             raise InvalidRequestError((self.run.error or {}).get("message", "failed"))
-        yield self._chunk({"annotations": self._annotations()} if self._annotations() else {},
-                          self.finish_reason())
+        notes = self._annotations()
+        yield self._chunk({"annotations": notes} if notes else {}, self.finish_reason())
         if self.req.include_usage():
             yield {**self._chunk({}), "choices": [], "usage": self.usage()}
 

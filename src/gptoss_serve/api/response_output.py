@@ -14,6 +14,7 @@ Knows nothing of HTTP, SQLite or the tools' insides.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -232,6 +233,4 @@ def _harmony_message(cur: _Open, text: str) -> dict[str, Any]:
 
 
 def _copy(value: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
     return copy.deepcopy(value)

@@ -34,11 +34,7 @@ from gptoss_serve.api.response_input import turn_input
 from gptoss_serve.api.response_output import item_id
 from gptoss_serve.api.response_run import ResponseRun
 from gptoss_serve.api.response_store import ResponseStore, StoredResponse
-from gptoss_serve.api.responses_schemas import (
-    BUILTIN_TYPES,
-    MessageItem,
-    ResponsesRequest,
-)
+from gptoss_serve.api.responses_schemas import MessageItem, ResponsesRequest, check_enabled
 from gptoss_serve.api.schemas import parse_body
 from gptoss_serve.api.sse import sse_response, typed_frame
 from gptoss_serve.api.streaming import unless_disconnected
@@ -128,12 +124,7 @@ class ResponsesService:
         """The enabled built-in tools this request asks for (400 when one is off here)."""
         if req.tool_choice == "none":
             return {}
-        for i, decl in enumerate(req.tools):
-            kind = BUILTIN_TYPES.get(decl.type)
-            if kind is not None and kind not in self.tools:
-                raise InvalidRequestError(
-                    f"the {decl.type} tool is not enabled on this server (see the start-up log "
-                    "and the --python-tool / --browser-* options)", param=f"tools.{i}.type")
+        check_enabled(req.tools, self.tools)
         return {t: self.tools[t] for t in req.builtin_types()}
 
     def _start_background(self, run: ResponseRun, loop: ToolLoop) -> Response:
@@ -152,7 +143,7 @@ class ResponsesService:
         run.task = asyncio.ensure_future(self._finish(run, loop, work()))
         self.live[run.id] = run
         if run.req.stream:
-            return event_stream(run.follow(), on_close=lambda: None)
+            return event_stream(run.follow())
         return JSONResponse(run.snapshot())
 
     async def _finish(self, run: ResponseRun, loop: ToolLoop, work: Any) -> None:
@@ -198,13 +189,15 @@ class ResponsesService:
         after = -1 if starting_after is None else starting_after
         run = self.live.get(rid)
         if run is not None:
-            return event_stream(run.follow(after), on_close=lambda: None)
+            return event_stream(run.follow(after))
         self._stored(rid)
-        if self.store is None or not self.store.events(rid, -1)[:1]:
+        events = self.store.events(rid) if self.store else []
+        if not events:
             raise InvalidRequestError(
                 f"Response '{rid}' was created without stream or background, so it has no "
                 "events to stream.", param="stream")
-        return event_stream(_replay(self.store.events(rid, after)), on_close=lambda: None)
+        # sequence_number is the index (response_run.py): one read serves check and replay
+        return event_stream(_replay(events[max(after + 1, 0):]))
 
     async def delete(self, rid: str) -> dict[str, Any]:
         run = self.live.get(rid)
@@ -318,7 +311,7 @@ async def _replay(events: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]
 
 
 def event_stream(events: AsyncIterator[dict[str, Any]],
-                 on_close: Callable[[], Any]) -> StreamingResponse:
+                 on_close: Callable[[], Any] | None = None) -> StreamingResponse:
     """Responses SSE: `event: TYPE` + `data: JSON` per event, no [DONE]; `on_close` runs however
     the stream ends (a foreground run is cancelled when its client leaves)."""
 
@@ -327,7 +320,8 @@ def event_stream(events: AsyncIterator[dict[str, Any]],
             async for event in events:
                 yield event
         finally:
-            on_close()
+            if on_close is not None:
+                on_close()
 
     return sse_response(closing_events(), framing=typed_frame, done="")
 

@@ -21,6 +21,22 @@ BUILTIN_TYPES = {"code_interpreter": "code_interpreter", "web_search": "web_sear
                  "web_search_preview_2025_03_11": "web_search"}  # type -> canonical tool type
 
 
+def builtin_types_of(tools: Any) -> list[str]:
+    """Canonical built-in tool types among `tools` (declarations with a `type`), in order, once
+    each: the same rule for /v1/responses and the chat extension (api/chat_tools.py)."""
+    return list(dict.fromkeys(BUILTIN_TYPES[t.type] for t in tools if t.type in BUILTIN_TYPES))
+
+
+def check_enabled(tools: Any, enabled: Any) -> None:
+    """400 naming `tools.N.type` when a declared built-in tool is off on this server."""
+    for i, decl in enumerate(tools):
+        kind = BUILTIN_TYPES.get(decl.type)
+        if kind is not None and kind not in enabled:
+            raise InvalidRequestError(
+                f"the {decl.type} tool is not enabled on this server (see the start-up log "
+                "and the --python-tool / --browser-* options)", param=f"tools.{i}.type")
+
+
 # ---- input items -----------------------------------------------------------------------------
 class TextPart(_Strict):
     type: Literal["input_text", "output_text", "text", "reasoning_text", "summary_text"]
@@ -223,8 +239,7 @@ class ResponsesRequest(_Strict):
 
     def builtin_types(self) -> list[str]:
         """Canonical built-in tool types the request enables (in order, once each)."""
-        return list(dict.fromkeys(BUILTIN_TYPES[t.type] for t in self.tools
-                                  if t.type in BUILTIN_TYPES))
+        return builtin_types_of(self.tools)
 
     def function_tools(self) -> list[dict[str, Any]]:
         """The function tools in the chat-completions shape the renderer takes."""
