@@ -17,27 +17,22 @@ from gptoss_serve.errors import StartupError
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("flag, bad", [
-    ("--max-queue", "0"), ("--max-queue", "-1"), ("--max-num-seqs", "0"),
-    ("--max-num-batched-tokens", "0"), ("--max-model-len", "0"), ("--max-body-mib", "-3"),
-    ("--max-body-mib", "nan"), ("--kv-cache-memory", "-1"), ("--kv-cache-memory", "inf"),
-    ("--device", "foo"), ("--device", "cuda:x"),
+@pytest.mark.parametrize("command, starts, flag, bad", [
+    *[("serve", (server, "run_server"), flag, bad) for flag, bad in [
+        ("--max-queue", "0"), ("--max-queue", "-1"), ("--max-num-seqs", "0"),
+        ("--max-num-batched-tokens", "0"), ("--max-model-len", "0"), ("--max-body-mib", "-3"),
+        ("--max-body-mib", "nan"), ("--kv-cache-memory", "-1"), ("--kv-cache-memory", "inf"),
+        ("--device", "foo"), ("--device", "cuda:x")]],
+    # chat's sampling flags keep the API's bounds (0..2, 0..1): the REPL would sample with them
+    *[("chat", (cli, "_run_chat"), flag, bad) for flag, bad in [
+        ("--temperature", "-1"), ("--temperature", "2.5"), ("--top-p", "1.5"),
+        ("--top-p", "nan")]],
 ])
-def test_bad_flag_values_are_refused_before_loading(monkeypatch, capsys, flag, bad):
-    monkeypatch.setattr(server, "run_server", lambda opts: pytest.fail("server started"))
+def test_bad_flag_values_are_refused_before_starting(monkeypatch, capsys, command, starts, flag,
+                                                     bad):
+    monkeypatch.setattr(*starts, lambda arg: pytest.fail(f"{command} started"))
     with pytest.raises(SystemExit) as exc:
-        cli.main(["serve", flag, bad])
-    assert exc.value.code == 2
-    assert flag in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("flag, bad", [("--temperature", "-1"), ("--temperature", "2.5"),
-                                       ("--top-p", "1.5"), ("--top-p", "nan")])
-def test_chat_sampling_flags_keep_the_api_bounds(monkeypatch, capsys, flag, bad):
-    """As the chat API refuses them (0..2, 0..1): the REPL would otherwise sample with them."""
-    monkeypatch.setattr(cli, "_run_chat", lambda args: pytest.fail("chat started"))
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["chat", flag, bad])
+        cli.main([command, flag, bad])
     assert exc.value.code == 2
     assert flag in capsys.readouterr().err
 

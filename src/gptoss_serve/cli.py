@@ -132,11 +132,16 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-def _positive_float(value: str) -> float:
+def _number(value: str) -> float:
+    """A flag's float, or nan where it is none (nan is outside every range a flag accepts)."""
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
-        number = float("nan")
+        return float("nan")
+
+
+def _positive_float(value: str) -> float:
+    number = _number(value)
     if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
     return number
@@ -146,10 +151,7 @@ def _in_range(low: float, high: float) -> Callable[[str], float]:
     """A flag's number within the chat API's bounds for the same field (`api/schemas.py`)."""
 
     def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
+        number = _number(value)
         if not low <= number <= high:
             raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, "
                                              f"got {value!r}")

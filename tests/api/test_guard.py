@@ -34,6 +34,7 @@ def test_the_key_protects_every_route_but_health(make_client, method, path, body
     kw = {"json": body} if body is not None else {}
     err = _openai_error(getattr(client, method)(path, **kw), 401)
     assert err["code"] == "invalid_api_key"
+    assert engine.admitted == []  # the refused request reached no engine
     good = getattr(client, method)(path, headers={"Authorization": "Bearer sekrit"}, **kw)
     assert good.status_code != 401
     assert client.get("/health").status_code == 200
