@@ -234,3 +234,18 @@ def test_c_kernel_and_torch_path_equal_an_independent_unpack():
     if not apply_bitmask_c(got, [0, 1, 3], mask):
         pytest.skip("no C kernel builds here")
     assert torch.equal(got, want)
+
+
+def test_ids_past_the_mask_words_are_masked_on_both_paths():
+    from gptoss_serve.kernels.bitmask_cpu import apply_bitmask_c
+
+    vocab = 32 * 4  # logits wider than the mask's 2 words
+    mask = torch.full((1, 2), -1, dtype=torch.int32)
+    got = torch.zeros(2, vocab)
+    apply_bitmask_torch(got, [1], mask)
+    assert torch.isfinite(got[1]).nonzero().flatten().tolist() == list(range(64))
+    assert torch.isfinite(got[0]).all()
+    got = torch.zeros(2, vocab)
+    if not apply_bitmask_c(got, [1], mask):
+        pytest.skip("no C kernel builds here")
+    assert torch.isfinite(got[1]).nonzero().flatten().tolist() == list(range(64))

@@ -180,8 +180,8 @@ class Sampler:
             return []
         processed = self._process(logits, rows)
         if masks is not None:
-            if processed is logits:
-                processed = logits.clone()
+            if processed is logits and any(r.params.logprobs is not None for r in rows):
+                processed = logits.clone()  # logprobs are reported from the unmasked logits
             apply_bitmask(processed, *masks)
         chosen = self._choose(processed, rows)
         return self._collect(logits, chosen, rows)

@@ -7,7 +7,7 @@ void apply_bitmask(float *logits, long stride, const int64_t *rows, long nrows,
     for (long r = 0; r < nrows; r++) {
         float *p = logits + rows[r] * stride;
         const uint32_t *m = (const uint32_t *)(mask + r * words);
-        long full = vocab / 32;
+        long full = vocab / 32 < words ? vocab / 32 : words;  /* words the mask has */
         for (long w = 0; w < full; w++) {
             uint32_t bits = m[w];
             float *q = p + w * 32;
